@@ -1,0 +1,356 @@
+//! The coordinator's state machine: every decision, no I/O.
+//!
+//! The server feeds it events — a connection opened, a message arrived, a frame was bad, a
+//! connection ended, time passed — each with the current `Instant`, and carries out the
+//! [`Action`]s it returns. Because nothing here touches a socket or a clock, lease returns,
+//! disconnects and races are tested deterministically (see `tests` below).
+
+mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schemas::{
+    ClientMessage, ErrorCode, ErrorMessage, FrameError, Hello, Join, ServerMessage, Welcome,
+    PROTOCOL_VERSION,
+};
+use subtle::ConstantTimeEq;
+
+use session::{Session, UnknownTask};
+
+/// Identifies one client connection for the lifetime of the coordinator process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What the server must do as a result of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this message on this connection. Shared, because a session's final report goes to
+    /// every member.
+    Send(ConnId, Arc<ServerMessage>),
+    /// Close this connection once what was sent before has been delivered.
+    Close(ConnId),
+}
+
+impl Action {
+    fn send(conn: ConnId, message: ServerMessage) -> Action {
+        Action::Send(conn, Arc::new(message))
+    }
+}
+
+/// The rules the coordinator enforces.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The shared secret clients must present; `None` lets anyone in.
+    pub token: Option<String>,
+    /// The most tasks handed out in one assignment.
+    pub max_batch: u32,
+    /// How long a completed or abandoned session is remembered.
+    pub session_ttl: Duration,
+    /// The most sessions held at once.
+    pub max_sessions: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            token: None,
+            max_batch: 50,
+            session_ttl: Duration::from_secs(600),
+            max_sessions: 1000,
+        }
+    }
+}
+
+/// The longest client id accepted; it is echoed into every report.
+const MAX_CLIENT_ID_LEN: usize = 256;
+/// The longest session key accepted.
+const MAX_SESSION_KEY_LEN: usize = 1024;
+
+/// A connected client.
+#[derive(Debug, Default)]
+struct Client {
+    /// The client's id, once its hello was accepted.
+    client_id: Option<String>,
+    /// The key of the session it joined.
+    session: Option<String>,
+}
+
+/// Every session and every connection, and the rules.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// The rules.
+    policy: Policy,
+    /// Open connections.
+    clients: HashMap<ConnId, Client>,
+    /// Sessions by key.
+    sessions: HashMap<String, Session>,
+}
+
+impl Coordinator {
+    /// A coordinator with no sessions.
+    pub fn new(policy: Policy) -> Self {
+        Coordinator {
+            policy,
+            clients: HashMap::new(),
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// A connection opened.
+    pub fn connect(&mut self, conn: ConnId) {
+        self.clients.insert(conn, Client::default());
+    }
+
+    /// A message arrived on `conn`.
+    pub fn handle(&mut self, conn: ConnId, message: ClientMessage, now: Instant) -> Vec<Action> {
+        let Some(client) = self.clients.get(&conn) else {
+            return Vec::new();
+        };
+        match (client.client_id.is_some(), message) {
+            (false, ClientMessage::Hello(hello)) => self.hello(conn, hello),
+            (false, _) => refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                "the first message must be a hello".into(),
+            ),
+            (true, ClientMessage::Hello(_)) => refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                "hello was sent twice".into(),
+            ),
+            (true, ClientMessage::Join(join)) => self.join(conn, join, now),
+            (true, ClientMessage::Request(request)) => {
+                let max_batch = self.policy.max_batch;
+                match self.session_of(conn) {
+                    Some(session) => session.request(conn, request.max_tasks, max_batch),
+                    None => refuse(
+                        conn,
+                        ErrorCode::ProtocolViolation,
+                        "asked for work before joining a session".into(),
+                    ),
+                }
+            }
+            (true, ClientMessage::Results(reports)) => match self.session_of(conn) {
+                Some(session) => match session.report(conn, reports, now) {
+                    Ok(actions) => actions,
+                    Err(UnknownTask(task)) => refuse(
+                        conn,
+                        ErrorCode::ProtocolViolation,
+                        format!("reported task {task}, which the session does not have"),
+                    ),
+                },
+                None => refuse(
+                    conn,
+                    ErrorCode::ProtocolViolation,
+                    "reported results before joining a session".into(),
+                ),
+            },
+        }
+    }
+
+    /// A frame on `conn` could not be read: it was too large or did not decode.
+    pub fn bad_frame(&mut self, conn: ConnId, error: &FrameError) -> Vec<Action> {
+        let greeted = self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| c.client_id.is_some());
+        if let FrameError::Decode {
+            hello_version: Some(version),
+            ..
+        } = error
+        {
+            if !greeted && *version != PROTOCOL_VERSION {
+                return refuse(conn, ErrorCode::VersionMismatch, version_mismatch(*version));
+            }
+        }
+        refuse(conn, ErrorCode::BadFrame, format!("bad frame: {error}"))
+    }
+
+    /// `conn` ended, whether it closed cleanly, timed out or was refused.
+    pub fn disconnect(&mut self, conn: ConnId, now: Instant) -> Vec<Action> {
+        let Some(client) = self.clients.remove(&conn) else {
+            return Vec::new();
+        };
+        match client.session.and_then(|key| self.sessions.get_mut(&key)) {
+            Some(session) => session.leave(conn, now),
+            None => Vec::new(),
+        }
+    }
+
+    /// Forgets sessions that completed, or lost their last client, at least the session ttl ago.
+    /// Returns the keys it forgot.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let ttl = self.policy.session_ttl;
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.is_expired(now, ttl))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &expired {
+            self.sessions.remove(key);
+        }
+        expired
+    }
+
+    /// How many sessions are held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn hello(&mut self, conn: ConnId, hello: Hello) -> Vec<Action> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return refuse(
+                conn,
+                ErrorCode::VersionMismatch,
+                version_mismatch(hello.protocol_version),
+            );
+        }
+        if let Some(expected) = &self.policy.token {
+            let presented = hello.token.as_deref().unwrap_or_default();
+            if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+                let message = if hello.token.is_none() {
+                    "this coordinator requires a token; set TASK_SHARDING_TOKEN"
+                } else {
+                    "wrong token; check TASK_SHARDING_TOKEN against the coordinator's --token-file"
+                };
+                tracing::warn!(client = %hello.client_id, "refused a client: {message}");
+                return refuse(conn, ErrorCode::Unauthorized, message.into());
+            }
+        }
+        if hello.client_id.is_empty() || hello.client_id.len() > MAX_CLIENT_ID_LEN {
+            return refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                format!("the client id must have 1 to {MAX_CLIENT_ID_LEN} bytes"),
+            );
+        }
+        tracing::info!(%conn, client = %hello.client_id, host = %hello.info.host,
+            ci_job = ?hello.info.ci_job, version = %hello.info.version, "hello");
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.client_id = Some(hello.client_id);
+        }
+        vec![Action::send(
+            conn,
+            ServerMessage::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                coordinator_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+        )]
+    }
+
+    fn join(&mut self, conn: ConnId, join: Join, now: Instant) -> Vec<Action> {
+        let client = self.clients.get(&conn).expect("checked by handle");
+        if client.session.is_some() {
+            return refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                "joined a second session on one connection".into(),
+            );
+        }
+        let client_id = client.client_id.clone().expect("greeted");
+        if join.session_key.is_empty() || join.session_key.len() > MAX_SESSION_KEY_LEN {
+            return refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                format!("the session key must have 1 to {MAX_SESSION_KEY_LEN} bytes"),
+            );
+        }
+        if let Err(e) = join.schema.validate() {
+            return refuse(
+                conn,
+                ErrorCode::InvalidSchema,
+                format!("invalid schema: {e}"),
+            );
+        }
+        let digest = join.schema.digest();
+        if digest != join.digest {
+            return refuse(
+                conn,
+                ErrorCode::InvalidSchema,
+                format!(
+                    "the schema's digest is {}, not the {} the client sent",
+                    digest.short(),
+                    join.digest.short()
+                ),
+            );
+        }
+        let created = match self.sessions.get(&join.session_key) {
+            Some(session) if session.digest() != digest => {
+                let theirs = session.schema();
+                let message = format!(
+                    "session {:?} already runs schema {:?} ({} tasks, digest {}), but this client \
+                     brought schema {:?} ({} tasks, digest {}); every job of a session must run \
+                     the same tasks — give different runs different TASK_SHARDING_RUN_IDs",
+                    join.session_key,
+                    theirs.name,
+                    theirs.tasks.len(),
+                    session.digest().short(),
+                    join.schema.name,
+                    join.schema.tasks.len(),
+                    digest.short(),
+                );
+                tracing::warn!(session = %join.session_key, client = %client_id, "schema mismatch");
+                return refuse(conn, ErrorCode::SchemaMismatch, message);
+            }
+            Some(_) => false,
+            None if self.sessions.len() >= self.policy.max_sessions => {
+                return refuse(
+                    conn,
+                    ErrorCode::Busy,
+                    format!(
+                        "the coordinator holds its maximum of {} sessions; retry later",
+                        self.policy.max_sessions
+                    ),
+                );
+            }
+            None => {
+                tracing::info!(session = %join.session_key, schema = %join.schema.name,
+                    tasks = join.schema.tasks.len(), digest = %digest.short(), "new session");
+                let session = Session::new(join.session_key.clone(), join.schema, digest, now);
+                self.sessions.insert(join.session_key.clone(), session);
+                true
+            }
+        };
+        let session = self.sessions.get_mut(&join.session_key).expect("present");
+        tracing::info!(%conn, session = %join.session_key, client = %client_id, "joined");
+        self.clients.get_mut(&conn).expect("present").session = Some(join.session_key);
+        session.join(conn, client_id, created)
+    }
+
+    fn session_of(&mut self, conn: ConnId) -> Option<&mut Session> {
+        let key = self.clients.get(&conn)?.session.as_ref()?;
+        self.sessions.get_mut(key)
+    }
+}
+
+fn version_mismatch(theirs: u16) -> String {
+    format!(
+        "the client speaks protocol version {theirs}, this coordinator speaks version \
+         {PROTOCOL_VERSION}; use the same task-sharding release for the coordinator and clients"
+    )
+}
+
+/// Sends an error and closes the connection.
+fn refuse(conn: ConnId, code: ErrorCode, message: String) -> Vec<Action> {
+    vec![
+        Action::send(conn, ServerMessage::Error(ErrorMessage { code, message })),
+        Action::Close(conn),
+    ]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,435 @@
+//! The state machine's semantics, driven with no sockets and a clock the tests move by hand.
+
+use super::*;
+use schemas::{
+    ClientInfo, Outcome, Schema, SessionReport, TaskId, TaskReport, TaskResult, WorkRequest,
+};
+
+/// A coordinator, a clock, and shorthand for the messages clients send.
+struct World {
+    coordinator: Coordinator,
+    now: Instant,
+}
+
+fn schema(name: &str, tasks: usize) -> Schema {
+    Schema::new(name, (0..tasks).map(|i| format!("task-{i}"))).unwrap()
+}
+
+fn result(outcome: Outcome) -> TaskResult {
+    TaskResult {
+        outcome,
+        exit_code: Some(if outcome == Outcome::Passed { 0 } else { 1 }),
+        duration_ms: 10,
+        executed: true,
+    }
+}
+
+fn passed(tasks: &[TaskId]) -> Vec<TaskReport> {
+    tasks
+        .iter()
+        .map(|&task| TaskReport {
+            task,
+            result: result(Outcome::Passed),
+        })
+        .collect()
+}
+
+impl World {
+    fn new(policy: Policy) -> Self {
+        World {
+            coordinator: Coordinator::new(policy),
+            now: Instant::now(),
+        }
+    }
+
+    fn send(&mut self, conn: u64, message: ClientMessage) -> Vec<Action> {
+        self.coordinator.handle(ConnId(conn), message, self.now)
+    }
+
+    fn hello_with(&mut self, conn: u64, token: Option<&str>, version: u16) -> Vec<Action> {
+        self.coordinator.connect(ConnId(conn));
+        self.send(
+            conn,
+            ClientMessage::Hello(Hello {
+                protocol_version: version,
+                client_id: format!("job-{conn}"),
+                token: token.map(str::to_string),
+                info: ClientInfo::default(),
+            }),
+        )
+    }
+
+    /// Connects, greets and joins; returns what the join answered.
+    fn join(&mut self, conn: u64, key: &str, schema: &Schema) -> Vec<Action> {
+        let welcome = self.hello_with(conn, None, PROTOCOL_VERSION);
+        assert!(
+            matches!(welcome[..], [Action::Send(_, ref m)] if matches!(**m, ServerMessage::Welcome(_)))
+        );
+        self.send(
+            conn,
+            ClientMessage::Join(Join {
+                session_key: key.into(),
+                digest: schema.digest(),
+                schema: schema.clone(),
+            }),
+        )
+    }
+
+    fn request(&mut self, conn: u64, max_tasks: u32) -> Vec<Action> {
+        self.send(conn, ClientMessage::Request(WorkRequest { max_tasks }))
+    }
+
+    fn report(&mut self, conn: u64, reports: Vec<TaskReport>) -> Vec<Action> {
+        self.send(conn, ClientMessage::Results(reports))
+    }
+
+    fn disconnect(&mut self, conn: u64) -> Vec<Action> {
+        self.coordinator.disconnect(ConnId(conn), self.now)
+    }
+
+    fn leased_to(&self, key: &str, conn: u64) -> Vec<TaskId> {
+        self.coordinator.sessions[key].leased_to(ConnId(conn))
+    }
+}
+
+/// The tasks assigned to `conn` in `actions`, if any.
+fn assignment(actions: &[Action], conn: u64) -> Option<Vec<TaskId>> {
+    actions.iter().find_map(|action| match action {
+        Action::Send(c, message) if *c == ConnId(conn) => match &**message {
+            ServerMessage::Assignment(tasks) => Some(tasks.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn complete_report(actions: &[Action], conn: u64) -> Option<SessionReport> {
+    actions.iter().find_map(|action| match action {
+        Action::Send(c, message) if *c == ConnId(conn) => match &**message {
+            ServerMessage::Complete(report) => Some(report.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// The error code sent to `conn`, asserting the connection is closed after it.
+fn refusal(actions: &[Action], conn: u64) -> (ErrorCode, String) {
+    match actions {
+        [Action::Send(c, message), Action::Close(closed)]
+            if *c == ConnId(conn) && *closed == *c =>
+        {
+            match &**message {
+                ServerMessage::Error(e) => (e.code, e.message.clone()),
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+        other => panic!("expected an error then a close, got {other:?}"),
+    }
+}
+
+#[test]
+fn two_clients_share_the_work_and_both_get_every_result() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 4);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    let a = assignment(&world.request(1, 1), 1).unwrap();
+    let b = assignment(&world.request(2, 1), 2).unwrap();
+    assert_eq!((a.clone(), b.clone()), (vec![0], vec![1]));
+    assert!(world.report(1, passed(&a)).is_empty());
+    // Two tasks left for two clients: a fair share is one each, however many client 1 would take.
+    let a = assignment(&world.request(1, 10), 1).unwrap();
+    assert_eq!(a, vec![2]);
+    assert!(world.report(2, passed(&b)).is_empty());
+    let b = assignment(&world.request(2, 10), 2).unwrap();
+    assert_eq!(b, vec![3]);
+    assert!(world.report(1, passed(&a)).is_empty());
+    // Nothing left to hand out: client 1 waits.
+    assert!(world.request(1, 1).is_empty());
+    let done = world.report(2, passed(&b));
+    let one = complete_report(&done, 1).expect("the waiting client 1 gets the report");
+    let two = complete_report(&done, 2).expect("client 2 gets it too");
+    assert_eq!(one, two);
+    let clients: Vec<&str> = one.records.iter().map(|r| r.client.as_str()).collect();
+    assert_eq!(clients, ["job-1", "job-2", "job-1", "job-2"]);
+}
+
+#[test]
+fn a_lost_clients_tasks_go_at_once_to_a_waiting_client() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![1]));
+    world.report(2, passed(&[1]));
+    assert!(world.request(2, 1).is_empty(), "client 2 waits for work");
+    // Client 1 dies holding task 0: the task is pushed to client 2 without it asking again.
+    let actions = world.disconnect(1);
+    assert_eq!(assignment(&actions, 2), Some(vec![0]));
+    assert_eq!(world.leased_to("k", 2), vec![0]);
+    let done = world.report(2, passed(&[0]));
+    let report = complete_report(&done, 2).unwrap();
+    assert!(report.records.iter().all(|r| r.client == "job-2"));
+}
+
+#[test]
+fn returned_tasks_wait_for_the_next_request_when_nobody_is_idle() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 3);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![1]));
+    assert!(
+        world.disconnect(1).is_empty(),
+        "client 2 is busy, so nothing is pushed"
+    );
+    world.report(2, passed(&[1]));
+    // The returned task comes first: it was started before the never-started task 2.
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![0]));
+}
+
+#[test]
+fn a_failing_task_is_a_result_not_a_retry() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    world.join(1, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 5), 1), Some(vec![0]));
+    world.report(
+        1,
+        vec![TaskReport {
+            task: 0,
+            result: result(Outcome::Failed),
+        }],
+    );
+    assert_eq!(
+        assignment(&world.request(1, 5), 1),
+        Some(vec![1]),
+        "task 0 is not handed out again"
+    );
+    let done = world.report(1, passed(&[1]));
+    let report = complete_report(&done, 1).unwrap();
+    assert_eq!(report.records[0].result.outcome, Outcome::Failed);
+    assert!(!report.all_succeeded());
+}
+
+#[test]
+fn joining_a_completed_session_gets_the_report_at_once() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 1);
+    world.join(1, "k", &schema);
+    world.request(1, 1);
+    let first = complete_report(&world.report(1, passed(&[0])), 1).unwrap();
+    let actions = world.join(2, "k", &schema);
+    assert!(
+        matches!(&*match &actions[0] { Action::Send(_, m) => m.clone(), _ => panic!() },
+        ServerMessage::Joined(j) if !j.created && j.finished == 1)
+    );
+    assert_eq!(complete_report(&actions, 2), Some(first));
+}
+
+#[test]
+fn an_empty_schema_is_complete_on_join() {
+    let mut world = World::new(Policy::default());
+    let actions = world.join(1, "k", &schema("s", 0));
+    assert_eq!(complete_report(&actions, 1).unwrap().records, vec![]);
+}
+
+#[test]
+fn a_conflicting_schema_is_refused_and_the_session_goes_on() {
+    let mut world = World::new(Policy::default());
+    let schema_a = schema("s", 2);
+    world.join(1, "k", &schema_a);
+    let (code, message) = refusal(&world.join(2, "k", &schema("s", 3)), 2);
+    assert_eq!(code, ErrorCode::SchemaMismatch);
+    assert!(
+        message.contains("3 tasks") && message.contains("TASK_SHARDING_RUN_ID"),
+        "{message}"
+    );
+    world.disconnect(2);
+    assert_eq!(assignment(&world.request(1, 5), 1), Some(vec![0]));
+}
+
+#[test]
+fn a_digest_that_does_not_match_the_schema_is_refused() {
+    let mut world = World::new(Policy::default());
+    world.hello_with(1, None, PROTOCOL_VERSION);
+    let actions = world.send(
+        1,
+        ClientMessage::Join(Join {
+            session_key: "k".into(),
+            digest: schema("other", 1).digest(),
+            schema: schema("s", 1),
+        }),
+    );
+    assert_eq!(refusal(&actions, 1).0, ErrorCode::InvalidSchema);
+}
+
+#[test]
+fn tokens_are_checked() {
+    let policy = Policy {
+        token: Some("sesame".into()),
+        ..Policy::default()
+    };
+    let mut world = World::new(policy);
+    let (code, message) = refusal(&world.hello_with(1, None, PROTOCOL_VERSION), 1);
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(message.contains("requires a token"), "{message}");
+    let (code, message) = refusal(&world.hello_with(2, Some("sesam"), PROTOCOL_VERSION), 2);
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(message.contains("wrong token"), "{message}");
+    let welcome = world.hello_with(3, Some("sesame"), PROTOCOL_VERSION);
+    assert!(matches!(&welcome[..], [Action::Send(..)]));
+}
+
+#[test]
+fn another_protocol_version_is_refused_in_words() {
+    let mut world = World::new(Policy::default());
+    let (code, message) = refusal(&world.hello_with(1, None, PROTOCOL_VERSION + 1), 1);
+    assert_eq!(code, ErrorCode::VersionMismatch);
+    assert!(
+        message.contains("version 2") && message.contains("version 1"),
+        "{message}"
+    );
+    // A hello from a future version that does not even decode is told the same.
+    world.coordinator.connect(ConnId(2));
+    let error = FrameError::Decode {
+        reason: "x".into(),
+        hello_version: Some(9),
+    };
+    assert_eq!(
+        refusal(&world.coordinator.bad_frame(ConnId(2), &error), 2).0,
+        ErrorCode::VersionMismatch
+    );
+    let garbage = FrameError::Decode {
+        reason: "x".into(),
+        hello_version: None,
+    };
+    assert_eq!(
+        refusal(&world.coordinator.bad_frame(ConnId(2), &garbage), 2).0,
+        ErrorCode::BadFrame
+    );
+}
+
+#[test]
+fn messages_out_of_order_are_violations() {
+    let mut world = World::new(Policy::default());
+    world.coordinator.connect(ConnId(1));
+    assert_eq!(
+        refusal(&world.request(1, 1), 1).0,
+        ErrorCode::ProtocolViolation
+    );
+    world.hello_with(2, None, PROTOCOL_VERSION);
+    assert_eq!(
+        refusal(&world.request(2, 1), 2).0,
+        ErrorCode::ProtocolViolation
+    );
+    assert_eq!(
+        refusal(&world.report(2, passed(&[0])), 2).0,
+        ErrorCode::ProtocolViolation
+    );
+}
+
+#[test]
+fn reports_count_once_and_only_from_the_lease_holder() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    // Client 2 reports a task it does not hold: ignored.
+    assert!(world.report(2, passed(&[0])).is_empty());
+    assert_eq!(world.leased_to("k", 1), vec![0]);
+    // A task id the session does not have is a violation.
+    assert_eq!(
+        refusal(&world.report(2, passed(&[7])), 2).0,
+        ErrorCode::ProtocolViolation
+    );
+    world.report(1, passed(&[0]));
+    // A duplicate of a finished task changes nothing.
+    world.report(1, passed(&[0]));
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![1]));
+    let done = world.report(1, passed(&[1]));
+    assert_eq!(complete_report(&done, 1).unwrap().records.len(), 2);
+}
+
+#[test]
+fn sessions_are_independent() {
+    let mut world = World::new(Policy::default());
+    world.join(1, "a", &schema("s", 1));
+    world.join(2, "b", &schema("t", 1));
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![0]));
+    let done = world.report(1, passed(&[0]));
+    assert!(complete_report(&done, 1).is_some());
+    assert!(complete_report(&done, 2).is_none());
+}
+
+#[test]
+fn finished_and_abandoned_sessions_are_forgotten_after_the_ttl() {
+    let ttl = Duration::from_secs(60);
+    let mut world = World::new(Policy {
+        session_ttl: ttl,
+        ..Policy::default()
+    });
+    world.join(1, "done", &schema("s", 1));
+    world.request(1, 1);
+    world.report(1, passed(&[0]));
+    world.join(2, "abandoned", &schema("s", 1));
+    world.request(2, 1);
+    world.disconnect(2);
+    world.now += ttl;
+    // The completed session's client is still connected: it stays.
+    assert_eq!(
+        world.coordinator.expire(world.now),
+        vec!["abandoned".to_string()]
+    );
+    world.disconnect(1);
+    assert!(
+        world.coordinator.expire(world.now).is_empty(),
+        "ttl counts from the last leave"
+    );
+    world.now += ttl;
+    assert_eq!(
+        world.coordinator.expire(world.now),
+        vec!["done".to_string()]
+    );
+    assert_eq!(world.coordinator.session_count(), 0);
+    // The same key now starts afresh.
+    let actions = world.join(3, "done", &schema("s", 1));
+    assert!(complete_report(&actions, 3).is_none());
+}
+
+#[test]
+fn the_session_limit_refuses_new_sessions_only() {
+    let mut world = World::new(Policy {
+        max_sessions: 1,
+        ..Policy::default()
+    });
+    world.join(1, "a", &schema("s", 1));
+    assert_eq!(
+        refusal(&world.join(2, "b", &schema("s", 1)), 2).0,
+        ErrorCode::Busy
+    );
+    let actions = world.join(3, "a", &schema("s", 1));
+    assert!(matches!(&actions[..], [Action::Send(..)]));
+}
+
+#[test]
+fn batches_follow_the_clients_limit_and_the_policy() {
+    let mut world = World::new(Policy {
+        max_batch: 4,
+        ..Policy::default()
+    });
+    let schema = schema("s", 40);
+    world.join(1, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 100), 1).unwrap().len(), 4);
+    assert_eq!(assignment(&world.request(1, 2), 1).unwrap().len(), 2);
+    assert_eq!(
+        assignment(&world.request(1, 0), 1).unwrap().len(),
+        1,
+        "at least one"
+    );
+}

@@ -1,0 +1,243 @@
+//! Framing: each message is a 4-byte big-endian length followed by that many bytes of bincode.
+//!
+//! [`MessageCodec`] implements tokio-util's `Decoder` and `Encoder`, which work on byte buffers
+//! only; the coordinator and the client wrap their QUIC streams with `FramedRead` /
+//! `FramedWrite`. The length is checked against a hard maximum as soon as its four bytes arrive,
+//! so a peer cannot make either side buffer more than that.
+
+use std::io;
+use std::marker::PhantomData;
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use bytes::{Buf, BufMut, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The default upper bound on one frame: room for a join carrying a schema of ~100,000 Bazel
+/// labels, or the final report for it.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+const HEADER_LEN: usize = 4;
+
+/// bincode's settings for payloads. The limit also caps what a decoder will allocate for a
+/// length claimed inside a payload.
+type PayloadConfig = Configuration<LittleEndian, Varint, Limit<DEFAULT_MAX_FRAME_LEN>>;
+
+fn payload_config() -> PayloadConfig {
+    bincode::config::standard().with_limit::<DEFAULT_MAX_FRAME_LEN>()
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announced more than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The receiver's maximum.
+        max: usize,
+    },
+    /// The payload was not a valid message.
+    #[error("undecodable message: {reason}")]
+    Decode {
+        /// What the decoder said.
+        reason: String,
+        /// The protocol version, if the payload starts like a hello. A hello from another
+        /// version may not decode, and this lets the receiver say why in words.
+        hello_version: Option<u16>,
+    },
+    /// The message could not be encoded (cannot happen for this crate's messages).
+    #[error("unencodable message: {0}")]
+    Encode(String),
+    /// The underlying stream failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Encodes one message's payload (without the length prefix).
+pub fn encode_payload<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    bincode::serde::encode_to_vec(message, payload_config())
+        .map_err(|e| FrameError::Encode(e.to_string()))
+}
+
+/// Decodes one message's payload, which must be consumed exactly.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let undecodable = |reason: String| FrameError::Decode {
+        reason,
+        hello_version: crate::protocol::peek_protocol_version(payload),
+    };
+    let (message, used) = bincode::serde::decode_from_slice(payload, payload_config())
+        .map_err(|e| undecodable(e.to_string()))?;
+    if used != payload.len() {
+        return Err(undecodable(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+/// Decodes a value from the start of a payload, ignoring whatever follows it.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(payload: &[u8]) -> Option<T> {
+    bincode::serde::decode_from_slice(payload, payload_config())
+        .ok()
+        .map(|(value, _)| value)
+}
+
+/// A length-delimited bincode codec that decodes `In` and encodes `Out`.
+#[derive(Debug)]
+pub struct MessageCodec<In, Out> {
+    /// The largest frame accepted or produced.
+    max_frame_len: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> MessageCodec<In, Out> {
+    /// A codec that refuses frames over `max_frame_len` bytes.
+    pub fn new(max_frame_len: usize) -> Self {
+        MessageCodec {
+            max_frame_len,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In, Out> Default for MessageCodec<In, Out> {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        let Some(header) = src.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(header.try_into().expect("four bytes")) as usize;
+        if len > self.max_frame_len {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_len,
+            });
+        }
+        if src.len() < HEADER_LEN + len {
+            src.reserve(HEADER_LEN + len - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let payload = src.split_to(len);
+        decode_payload(&payload).map(Some)
+    }
+}
+
+impl<In, Out: Serialize> Encoder<&Out> for MessageCodec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, message: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let payload = encode_payload(message)?;
+        if payload.len() > self.max_frame_len {
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max: self.max_frame_len,
+            });
+        }
+        dst.reserve(HEADER_LEN + payload.len());
+        dst.put_u32(payload.len() as u32);
+        dst.put_slice(&payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientMessage, WorkRequest};
+
+    type Codec = MessageCodec<ClientMessage, ClientMessage>;
+
+    fn frame(message: &ClientMessage) -> BytesMut {
+        let mut buf = BytesMut::new();
+        Codec::default().encode(message, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn decodes_byte_by_byte_and_back_to_back() {
+        let a = ClientMessage::Request(WorkRequest { max_tasks: 3 });
+        let b = ClientMessage::Results(vec![]);
+        let mut wire = frame(&a);
+        wire.extend_from_slice(&frame(&b));
+        let mut codec = Codec::default();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for byte in wire {
+            buf.put_u8(byte);
+            while let Some(message) = codec.decode(&mut buf).unwrap() {
+                got.push(message);
+            }
+        }
+        assert_eq!(got, vec![a, b]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_the_body_arrives() {
+        let mut codec = Codec::new(1024);
+        let mut buf = BytesMut::from(&2048u32.to_be_bytes()[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    len: 2048,
+                    max: 1024
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("exceeds the maximum"));
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..2000 {
+            let len = round % 64;
+            let mut buf = BytesMut::new();
+            buf.put_u32(len as u32);
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                buf.put_u8(seed as u8);
+            }
+            // Either a message (random bytes can spell one) or an error; never a panic or a hang.
+            let _ = Codec::default().decode(&mut buf);
+        }
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            Codec::default().decode(&mut buf),
+            Err(FrameError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut payload = encode_payload(&ClientMessage::Results(vec![])).unwrap();
+        payload.push(0);
+        assert!(decode_payload::<ClientMessage>(&payload).is_err());
+    }
+
+    #[test]
+    fn a_huge_claimed_vector_does_not_allocate_it() {
+        // Variant 3 (Results) followed by a varint length of 2^60 elements.
+        let payload = [3u8, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(decode_payload::<ClientMessage>(&payload).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! The messages clients and the coordinator exchange.
+//!
+//! One QUIC connection per client, one bidirectional stream on it, opened by the client. Each
+//! message is one frame (see [`crate::frame`]). The conversation:
+//!
+//! ```text
+//! client                                   coordinator
+//!   Hello {version, client id, token}  ->
+//!                                      <-  Welcome            (or Error, then close)
+//!   Join {session key, schema, digest} ->
+//!                                      <-  Joined             (or Error, then close)
+//!   Request {max tasks}                ->
+//!                                      <-  Assignment {task ids}   (when there is work)
+//!   Results [...]                      ->
+//!   Request {max tasks}                ->
+//!                                      ...
+//!                                      <-  Abort {task ids}   (a copy someone else finished)
+//!                                      <-  Complete {every task's result, and who ran it}
+//! ```
+//!
+//! Work is pulled: a `Request` is answered when there is something to hand out, which may be
+//! later — when another client's lease comes back, or never, when the session completes first.
+//!
+//! Compatibility: [`ServerMessage::Error`] stays variant 0 and [`Hello`] stays variant 0 with the
+//! protocol version as its first field, in every version, so that a mismatch is always reported
+//! in words (see [`peek_protocol_version`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{Schema, SchemaDigest};
+
+/// The version of this protocol. Bump it on any change to the messages' encoding.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The TLS application protocol (ALPN) that names this protocol and its version.
+pub const ALPN: &[u8] = b"task-sharding/1";
+
+/// A task's index in its session's schema.
+pub type TaskId = u32;
+
+/// A message from a client to the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first message on every connection. Must stay variant 0.
+    Hello(Hello),
+    /// Enter a session (creating it if this is its first client).
+    Join(Join),
+    /// Ready for work: answered with an assignment when there is some.
+    Request(WorkRequest),
+    /// Results of tasks this client was assigned.
+    Results(Vec<TaskReport>),
+}
+
+/// Who is connecting, and proof that it may.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must stay the first field: the coordinator reads it even when the rest does not decode.
+    pub protocol_version: u16,
+    /// The name shown next to the tasks this client ran (e.g. the CI job's name).
+    pub client_id: String,
+    /// The shared secret, when the coordinator requires one.
+    pub token: Option<String>,
+    /// Where the client runs, for the coordinator's logs.
+    pub info: ClientInfo,
+}
+
+/// Facts about a client, for logs and summaries only; never trusted for decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The machine's host name.
+    pub host: String,
+    /// The CI job, when one could be told from the environment.
+    pub ci_job: Option<String>,
+    /// The client's process id.
+    pub pid: u32,
+    /// The client's software version.
+    pub version: String,
+}
+
+/// Enter a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Join {
+    /// Clients presenting the same key share one session.
+    pub session_key: String,
+    /// The digest the client computed; the coordinator recomputes it from `schema` and refuses a
+    /// join whose digest differs from the session's.
+    pub digest: SchemaDigest,
+    /// The tasks this client needs finished.
+    pub schema: Schema,
+}
+
+/// A request for work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkRequest {
+    /// The most tasks the client wants in one assignment (at least one is always given).
+    pub max_tasks: u32,
+}
+
+/// One task's result, as a client reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Which task.
+    pub task: TaskId,
+    /// How it went.
+    pub result: TaskResult,
+}
+
+/// How a task went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The verdict.
+    pub outcome: Outcome,
+    /// The process's exit code, where there was one process per task.
+    pub exit_code: Option<i32>,
+    /// Wall time spent on the task, in milliseconds.
+    pub duration_ms: u64,
+    /// Whether the task actually ran, as opposed to being served from a cache. Only executed
+    /// durations say how long a task takes.
+    pub executed: bool,
+}
+
+/// A task's verdict. The variants past `Failed` are Bazel's; the generic runner uses the first two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It succeeded.
+    Passed,
+    /// It ran and failed.
+    Failed,
+    /// It failed, then passed on a retry.
+    Flaky,
+    /// It ran out of time.
+    TimedOut,
+    /// It could not be built.
+    FailedToBuild,
+    /// It was not run to a verdict (e.g. the build stopped first).
+    NoStatus,
+}
+
+impl Outcome {
+    /// Whether this outcome counts as success for the session.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Passed | Outcome::Flaky)
+    }
+
+    /// The word shown in summaries, in Bazel's style.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Passed => "PASSED",
+            Outcome::Failed => "FAILED",
+            Outcome::Flaky => "FLAKY",
+            Outcome::TimedOut => "TIMEOUT",
+            Outcome::FailedToBuild => "FAILED TO BUILD",
+            Outcome::NoStatus => "NO STATUS",
+        }
+    }
+}
+
+/// A message from the coordinator to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The request was refused; the connection closes after it. Must stay variant 0.
+    Error(ErrorMessage),
+    /// The hello was accepted.
+    Welcome(Welcome),
+    /// The join was accepted.
+    Joined(Joined),
+    /// Run these tasks and report their results.
+    Assignment(Vec<TaskId>),
+    /// Stop these tasks: their results are already known. Do not report them.
+    Abort(Vec<TaskId>),
+    /// Every task of the session has a result.
+    Complete(SessionReport),
+}
+
+/// Why something was refused, in a form a program can branch on and a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// What happened and what to do about it.
+    pub message: String,
+}
+
+/// The kinds of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Client and coordinator speak different protocol versions.
+    VersionMismatch,
+    /// The token was missing or wrong.
+    Unauthorized,
+    /// A frame was too large or did not decode.
+    BadFrame,
+    /// A message came out of order or named something that does not exist.
+    ProtocolViolation,
+    /// The schema broke a rule (duplicates, size, digest not matching its contents).
+    InvalidSchema,
+    /// The session key is taken by a session with a different schema.
+    SchemaMismatch,
+    /// The coordinator is at a limit (connections, sessions); try again later.
+    Busy,
+    /// The coordinator is shutting down.
+    ShuttingDown,
+}
+
+/// The coordinator's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The coordinator's protocol version (equal to the client's, or it would have refused).
+    pub protocol_version: u16,
+    /// The coordinator's software version, for logs.
+    pub coordinator_version: String,
+}
+
+/// The coordinator's answer to a join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// Whether this join created the session.
+    pub created: bool,
+    /// Tasks in the session.
+    pub tasks: u32,
+    /// Tasks that already have a result.
+    pub finished: u32,
+    /// Clients in the session, this one included.
+    pub clients: u32,
+}
+
+/// The outcome of a whole session: every task's result and which client produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReport {
+    /// The schema's name.
+    pub schema_name: String,
+    /// One record per task, in task id order.
+    pub records: Vec<TaskRecord>,
+}
+
+/// One task's final result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Which task.
+    pub task: TaskId,
+    /// How it went.
+    pub result: TaskResult,
+    /// The id of the client that produced the result.
+    pub client: String,
+}
+
+impl SessionReport {
+    /// Whether every task succeeded.
+    pub fn all_succeeded(&self) -> bool {
+        self.records.iter().all(|r| r.result.outcome.is_success())
+    }
+}
+
+/// Reads the protocol version from an encoded [`ClientMessage::Hello`] even when the rest of the
+/// frame does not decode (because it comes from another version). `None` when the frame is not a
+/// hello at all.
+pub fn peek_protocol_version(frame: &[u8]) -> Option<u16> {
+    let (variant, version): (u32, u16) = crate::frame::decode_prefix(frame)?;
+    (variant == 0).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode_payload, encode_payload};
+
+    fn hello(version: u16) -> ClientMessage {
+        ClientMessage::Hello(Hello {
+            protocol_version: version,
+            client_id: "job-1".into(),
+            token: Some("secret".into()),
+            info: ClientInfo::default(),
+        })
+    }
+
+    #[test]
+    fn the_version_is_readable_from_any_hello() {
+        let bytes = encode_payload(&hello(7)).unwrap();
+        assert_eq!(peek_protocol_version(&bytes), Some(7));
+        // A future hello with fields we do not know still shows its version.
+        let mut future = encode_payload(&hello(9)).unwrap();
+        future.truncate(4);
+        future.extend_from_slice(&[0xff; 3]);
+        assert_eq!(peek_protocol_version(&future), Some(9));
+        let request =
+            encode_payload(&ClientMessage::Request(WorkRequest { max_tasks: 1 })).unwrap();
+        assert_eq!(peek_protocol_version(&request), None);
+    }
+
+    #[test]
+    fn error_stays_variant_zero() {
+        let error = ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::Busy,
+            message: "x".into(),
+        });
+        assert_eq!(encode_payload(&error).unwrap()[0], 0);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let schema = Schema::new("s", ["a", "b"]).unwrap();
+        let result = TaskResult {
+            outcome: Outcome::TimedOut,
+            exit_code: Some(3),
+            duration_ms: 1234,
+            executed: true,
+        };
+        let client = [
+            hello(PROTOCOL_VERSION),
+            ClientMessage::Join(Join {
+                session_key: "k".into(),
+                digest: schema.digest(),
+                schema: schema.clone(),
+            }),
+            ClientMessage::Request(WorkRequest { max_tasks: 5 }),
+            ClientMessage::Results(vec![TaskReport {
+                task: 1,
+                result: result.clone(),
+            }]),
+        ];
+        for message in client {
+            let bytes = encode_payload(&message).unwrap();
+            assert_eq!(decode_payload::<ClientMessage>(&bytes).unwrap(), message);
+        }
+        let server = [
+            ServerMessage::Welcome(Welcome {
+                protocol_version: 1,
+                coordinator_version: "0".into(),
+            }),
+            ServerMessage::Joined(Joined {
+                created: true,
+                tasks: 2,
+                finished: 0,
+                clients: 1,
+            }),
+            ServerMessage::Assignment(vec![0, 1]),
+            ServerMessage::Abort(vec![1]),
+            ServerMessage::Complete(SessionReport {
+                schema_name: "s".into(),
+                records: vec![TaskRecord {
+                    task: 0,
+                    result,
+                    client: "job-1".into(),
+                }],
+            }),
+        ];
+        for message in server {
+            let bytes = encode_payload(&message).unwrap();
+            assert_eq!(decode_payload::<ServerMessage>(&bytes).unwrap(), message);
+        }
+    }
+}

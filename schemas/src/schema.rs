@@ -1,0 +1,346 @@
+//! The schema: a named list of tasks, as every client of a session must agree on it.
+//!
+//! The YAML form is the original project's and stays valid:
+//!
+//! ```yaml
+//! name: sleep
+//! tasks:
+//!   - task: "0.5"
+//!   - task: "1"
+//! ```
+//!
+//! A task's identity on the wire is its index in `tasks` ([`TaskId`](crate::TaskId)), which is
+//! only meaningful because every client of a session presents the same list — the
+//! [`SchemaDigest`] is how the coordinator checks that.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The most tasks one schema may hold. It bounds what one session can make the coordinator keep in
+/// memory; a `bazel test //...` of a very large repository stays well below it.
+pub const MAX_TASKS: usize = 250_000;
+
+/// The longest task text accepted. Bazel labels are far shorter; this only stops abuse.
+pub const MAX_TASK_LEN: usize = 4096;
+
+/// A named list of tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    /// What the list is, for people: shown in summaries and part of the session key.
+    pub name: String,
+    /// The tasks, in the order they were listed. Their indices are their ids on the wire.
+    pub tasks: Vec<Task>,
+}
+
+/// The YAML form. It is read apart from [`Schema`] so that the duplicate check that names a line
+/// applies to files only, not to the binary encoding on the wire.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFile {
+    name: String,
+    #[serde(deserialize_with = "unique_tasks")]
+    tasks: Vec<Task>,
+}
+
+/// One unit of work. What the text means is up to the runner: seconds to sleep for the generic
+/// runner's example, a Bazel label for the Bazel runner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// The task's text, unique within its schema.
+    pub task: String,
+}
+
+impl Task {
+    /// A task with the given text.
+    pub fn new(text: impl Into<String>) -> Self {
+        Task { task: text.into() }
+    }
+}
+
+/// Why a schema was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The YAML did not parse or did not have the schema's shape. The message names the line and
+    /// column, as serde_yaml reports them; an error without a position (a missing top-level field)
+    /// says so.
+    #[error("{}", yaml_message(.0))]
+    Yaml(#[from] serde_yaml::Error),
+    /// A structural rule was broken (see the message).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Schema {
+    /// A schema from a name and task texts; checked like a parsed one.
+    pub fn new(
+        name: impl Into<String>,
+        tasks: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self, SchemaError> {
+        let schema = Schema {
+            name: name.into(),
+            tasks: tasks.into_iter().map(Task::new).collect(),
+        };
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    /// Parses the YAML form. Errors carry the line and column where serde_yaml can tell them.
+    pub fn from_yaml(text: &str) -> Result<Self, SchemaError> {
+        let SchemaFile { name, tasks } = serde_yaml::from_str(text)?;
+        let schema = Schema { name, tasks };
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    /// The YAML form, as `from_yaml` reads it back.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a schema always serializes")
+    }
+
+    /// Checks the rules that the YAML shape alone does not: a non-empty name, unique tasks of
+    /// bounded size, and at most [`MAX_TASKS`]. A schema received from the network goes through
+    /// this too, so the coordinator never trusts a peer's list.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        if self.name.trim().is_empty() {
+            return Err(SchemaError::Invalid("the schema's `name` is empty".into()));
+        }
+        if self.tasks.len() > MAX_TASKS {
+            return Err(SchemaError::Invalid(format!(
+                "the schema has {} tasks; at most {MAX_TASKS} are allowed",
+                self.tasks.len()
+            )));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(self.tasks.len());
+        for (index, task) in self.tasks.iter().enumerate() {
+            check_task_text(&task.task).map_err(|why| {
+                SchemaError::Invalid(format!("task #{} ({:?}): {why}", index + 1, task.task))
+            })?;
+            if let Some(first) = seen.insert(&task.task, index) {
+                return Err(SchemaError::Invalid(format!(
+                    "duplicate task {:?}: listed as task #{} and task #{}",
+                    task.task,
+                    first + 1,
+                    index + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stable hash of the name and the tasks, in order.
+    pub fn digest(&self) -> SchemaDigest {
+        let mut hasher = Sha256::new();
+        hasher.update(b"task-sharding schema v1\0");
+        // Length-prefix every field so that no two different schemas hash the same bytes.
+        for field in std::iter::once(&self.name).chain(self.tasks.iter().map(|t| &t.task)) {
+            hasher.update((field.len() as u64).to_le_bytes());
+            hasher.update(field.as_bytes());
+        }
+        SchemaDigest(hasher.finalize().into())
+    }
+}
+
+fn yaml_message(error: &serde_yaml::Error) -> String {
+    let message = error.to_string();
+    if message.contains(" at line ") {
+        return message;
+    }
+    match error.location() {
+        Some(at) => format!("{message} at line {} column {}", at.line(), at.column()),
+        None => format!("{message} at line 1 (the top level needs `name:` and `tasks:`)"),
+    }
+}
+
+fn check_task_text(text: &str) -> Result<(), &'static str> {
+    if text.is_empty() {
+        return Err("the task text is empty");
+    }
+    if text.len() > MAX_TASK_LEN {
+        return Err("the task text is longer than 4096 bytes");
+    }
+    Ok(())
+}
+
+/// Deserializes `tasks`, refusing a duplicate while its own element is being read, so that
+/// serde_yaml marks the error with the duplicate's line rather than the list's.
+fn unique_tasks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Task>, D::Error> {
+    struct UniqueTasks;
+
+    /// Reads one task and checks it against those before it.
+    struct NextTask<'a> {
+        /// Each text seen so far, with its index.
+        seen: &'a mut HashMap<String, usize>,
+        /// This task's index.
+        index: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for NextTask<'_> {
+        type Value = Task;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Task, D::Error> {
+            // Checking inside the visitor, while the element is being read, is what gets the
+            // error the element's position.
+            deserializer.deserialize_struct("Task", &["task"], self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for NextTask<'_> {
+        type Value = Task;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a task, written `task: \"...\"`")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Task, A::Error> {
+            let task = Task::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            if let Some(first) = self.seen.insert(task.task.clone(), self.index) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate task {:?}: listed as task #{} and task #{}",
+                    task.task,
+                    first + 1,
+                    self.index + 1
+                )));
+            }
+            Ok(task)
+        }
+    }
+
+    impl<'de> Visitor<'de> for UniqueTasks {
+        type Value = Vec<Task>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of tasks, each written `- task: \"...\"`")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Task>, A::Error> {
+            let mut tasks: Vec<Task> = Vec::new();
+            let mut seen = HashMap::new();
+            while let Some(task) = seq.next_element_seed(NextTask {
+                seen: &mut seen,
+                index: tasks.len(),
+            })? {
+                tasks.push(task);
+            }
+            Ok(tasks)
+        }
+    }
+
+    deserializer.deserialize_seq(UniqueTasks)
+}
+
+/// The SHA-256 of a schema's name and tasks: what tells two clients they mean the same list.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SchemaDigest(pub [u8; 32]);
+
+impl SchemaDigest {
+    /// The first 12 hex digits: enough to tell digests apart in a message.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Display for SchemaDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SchemaDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SchemaDigest({})", self.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_original_projects_form() {
+        let schema =
+            Schema::from_yaml("name: sleep\ntasks:\n  - task: \"0.5\"\n  - task: \"1\"\n").unwrap();
+        assert_eq!(schema.name, "sleep");
+        assert_eq!(schema.tasks, vec![Task::new("0.5"), Task::new("1")]);
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let schema = Schema::new("x", ["a", "b: with colon", "- dash"]).unwrap();
+        assert_eq!(Schema::from_yaml(&schema.to_yaml()).unwrap(), schema);
+    }
+
+    #[test]
+    fn the_bundled_examples_parse() {
+        for text in [
+            include_str!("../examples/sleep.yaml"),
+            include_str!("../examples/shell.yaml"),
+        ] {
+            let schema = Schema::from_yaml(text).unwrap();
+            assert!(!schema.tasks.is_empty());
+        }
+    }
+
+    /// Each malformed input, and the words and line its error must name.
+    #[test]
+    fn malformed_schemas_name_the_line() {
+        let cases: &[(&str, &[&str])] = &[
+            ("tasks:\n  - task: a\n", &["missing field `name`", "line 1"]),
+            ("name: x\n", &["missing field `tasks`"]),
+            (
+                "name: x\ntasks:\n  - task: a\n  - task: b\n  - task: a\n",
+                &["duplicate task \"a\"", "#1 and task #3", "line 5"],
+            ),
+            ("name: x\ntasks: 5\n", &["invalid type", "line 2"]),
+            (
+                "name: x\ntasks:\n  - task: a\n  - tsk: b\n",
+                &["unknown field `tsk`", "line 4"],
+            ),
+            (
+                "name: x\ntasks:\n  - task: [1, 2]\n",
+                &["invalid type", "line 3"],
+            ),
+            ("name: [x\n", &["line"]),
+        ];
+        for (yaml, expected) in cases {
+            let message = Schema::from_yaml(yaml).unwrap_err().to_string();
+            eprintln!("{yaml:?} => {message}");
+            for word in *expected {
+                assert!(
+                    message.contains(word),
+                    "error for {yaml:?} is {message:?}, which lacks {word:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn structural_rules_are_checked() {
+        assert!(Schema::new(" ", ["a"]).is_err());
+        assert!(Schema::new("x", [""]).is_err());
+        assert!(Schema::new("x", ["a", "a"]).is_err());
+        assert!(Schema::new("x", ["a".repeat(MAX_TASK_LEN + 1)]).is_err());
+        assert!(Schema::new("x", Vec::<String>::new()).is_ok());
+    }
+
+    #[test]
+    fn digest_is_stable_and_sensitive() {
+        let a = Schema::new("x", ["a", "b"]).unwrap();
+        assert_eq!(a.digest(), Schema::new("x", ["a", "b"]).unwrap().digest());
+        // Order, name and the boundaries between fields all matter.
+        assert_ne!(a.digest(), Schema::new("x", ["b", "a"]).unwrap().digest());
+        assert_ne!(a.digest(), Schema::new("y", ["a", "b"]).unwrap().digest());
+        assert_ne!(a.digest(), Schema::new("x", ["ab"]).unwrap().digest());
+        // Pinned, so a change to the hashing (which would split sessions across versions) is seen.
+        assert_eq!(a.digest().short().len(), 12);
+        assert_eq!(
+            Schema::new("sleep", ["1"]).unwrap().digest().to_string(),
+            Schema::new("sleep", ["1"]).unwrap().digest().to_string()
+        );
+    }
+}
