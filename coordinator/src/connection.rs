@@ -1,0 +1,147 @@
+//! Serves one client connection: moves frames between its QUIC stream and the [`Hub`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use schemas::{ClientMessage, FrameError, MessageCodec, ServerMessage};
+use tokio::time::timeout;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::Instrument as _;
+
+use crate::hub::{Hub, Outgoing};
+
+/// What bounds one connection, so a slow or silent peer cannot hold resources.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Time allowed for the TLS handshake.
+    pub(crate) handshake: Duration,
+    /// Time allowed between the handshake and the client's hello.
+    pub(crate) hello: Duration,
+    /// The largest frame accepted.
+    pub(crate) max_frame_len: usize,
+}
+
+/// The application close codes: 0 after a normal end, 1 after an error message.
+const CLOSE_DONE: u32 = 0;
+const CLOSE_ERROR: u32 = 1;
+
+/// The codec the coordinator reads client messages and writes server messages with.
+type Codec = MessageCodec<ClientMessage, ServerMessage>;
+
+/// Accepts one incoming connection and serves it until it ends.
+pub(crate) async fn serve(incoming: quinn::Incoming, hub: Arc<Hub>, limits: Limits) {
+    let remote = incoming.remote_address();
+    let span = tracing::info_span!("connection", %remote);
+    async move {
+        let connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
+            Err(e) => return tracing::debug!("refused before the handshake: {e}"),
+        };
+        let connection = match timeout(limits.handshake, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => return tracing::info!("handshake failed: {e}"),
+            Err(_) => return tracing::info!("handshake timed out"),
+        };
+        let (send, recv) = match timeout(limits.hello, connection.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return tracing::debug!("closed before opening a stream: {e}"),
+            Err(_) => {
+                connection.close(CLOSE_ERROR.into(), b"no stream opened in time");
+                return tracing::info!("no stream opened in time");
+            }
+        };
+        let (conn, outbox) = hub.register();
+        tracing::debug!(%conn, "connected");
+        let ending = pump(&connection, send, recv, &hub, conn, outbox, limits).await;
+        hub.disconnect(conn);
+        tracing::info!(%conn, "{ending}");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Moves frames until the connection ends; returns how it ended, for the log.
+async fn pump(
+    connection: &quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hub: &Hub,
+    conn: crate::state::ConnId,
+    mut outbox: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    limits: Limits,
+) -> String {
+    let mut reader = FramedRead::new(recv, Codec::new(limits.max_frame_len));
+    let mut writer = FramedWrite::new(send, Codec::new(limits.max_frame_len));
+    // The hello must come promptly; after it, QUIC's idle timeout is the only clock.
+    let hello_deadline = tokio::time::sleep(limits.hello);
+    tokio::pin!(hello_deadline);
+    let mut greeted = false;
+    // Cleared after a bad frame: the reader cannot resync, and only the outbox matters then.
+    let mut reading = true;
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            frame = reader.next(), if reading => match frame {
+                Some(Ok(message)) => {
+                    greeted = true;
+                    hub.handle(conn, message);
+                }
+                Some(Err(FrameError::Io(e))) => {
+                    return match connection.close_reason() {
+                        Some(reason) => format!("connection ended: {reason}"),
+                        None => format!("stream failed: {e}"),
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%conn, "{error}");
+                    hub.bad_frame(conn, &error);
+                    reading = false;
+                }
+                None => return "the client finished its stream".into(),
+            },
+            outgoing = outbox.recv() => match outgoing {
+                Some(Outgoing::Message(message)) => {
+                    if let ServerMessage::Error(e) = &*message {
+                        last_error = Some(e.message.clone());
+                    }
+                    if let Err(e) = writer.send(&message).await {
+                        return format!("write failed: {e}");
+                    }
+                }
+                Some(Outgoing::Close) | None => {
+                    close_gracefully(connection, writer.into_inner(), last_error.as_deref()).await;
+                    return match last_error {
+                        Some(e) => format!("refused: {e}"),
+                        None => "closed".into(),
+                    };
+                }
+            },
+            _ = &mut hello_deadline, if !greeted => {
+                connection.close(CLOSE_ERROR.into(), b"no hello in time");
+                return "no hello in time".into();
+            }
+            reason = connection.closed() => return format!("connection ended: {reason}"),
+        }
+    }
+}
+
+/// Finishes the stream, gives the peer a moment to read what was sent, then closes.
+async fn close_gracefully(
+    connection: &quinn::Connection,
+    mut send: quinn::SendStream,
+    error: Option<&str>,
+) {
+    let _ = send.finish();
+    // `stopped` resolves once the peer has read everything (or gave up): only then is it safe
+    // to close, since closing discards undelivered stream data.
+    let _ = timeout(Duration::from_secs(2), send.stopped()).await;
+    match error {
+        Some(message) => {
+            let mut reason = message.as_bytes();
+            reason = &reason[..reason.len().min(512)];
+            connection.close(CLOSE_ERROR.into(), reason);
+        }
+        None => connection.close(CLOSE_DONE.into(), b"done"),
+    }
+}

@@ -1,0 +1,119 @@
+//! The state machine behind a lock, and every connection's outbox: where events from
+//! connections turn into messages for connections.
+//!
+//! Each connection task calls in with what it read; the state machine decides; the resulting
+//! messages are queued on the outboxes of the connections they are for, which each connection's
+//! task writes out. The lock is held only while the state machine decides, never across I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use schemas::{ClientMessage, FrameError, ServerMessage};
+use tokio::sync::mpsc;
+
+use crate::state::{Action, ConnId, Coordinator, Policy};
+
+/// What a connection's task must do next.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// Write this message.
+    Message(Arc<ServerMessage>),
+    /// Deliver what was written, then close.
+    Close,
+}
+
+/// The shared state.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Every decision is made here.
+    state: Coordinator,
+    /// Where to queue messages for each open connection.
+    outboxes: HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>,
+    /// The next connection's id.
+    next_id: u64,
+}
+
+impl Hub {
+    pub(crate) fn new(policy: Policy) -> Self {
+        Hub {
+            inner: Mutex::new(Inner {
+                state: Coordinator::new(policy),
+                outboxes: HashMap::new(),
+                next_id: 1,
+            }),
+        }
+    }
+
+    /// A new connection: its id and the outbox its task must drain.
+    pub(crate) fn register(&self) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
+        let mut inner = self.lock();
+        let conn = ConnId(inner.next_id);
+        inner.next_id += 1;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        inner.outboxes.insert(conn, sender);
+        inner.state.connect(conn);
+        (conn, receiver)
+    }
+
+    pub(crate) fn handle(&self, conn: ConnId, message: ClientMessage) {
+        let mut inner = self.lock();
+        let actions = inner.state.handle(conn, message, Instant::now());
+        inner.apply(actions);
+    }
+
+    pub(crate) fn bad_frame(&self, conn: ConnId, error: &FrameError) {
+        let mut inner = self.lock();
+        let actions = inner.state.bad_frame(conn, error);
+        inner.apply(actions);
+    }
+
+    pub(crate) fn disconnect(&self, conn: ConnId) {
+        let mut inner = self.lock();
+        inner.outboxes.remove(&conn);
+        let actions = inner.state.disconnect(conn, Instant::now());
+        inner.apply(actions);
+    }
+
+    /// Forgets expired sessions.
+    pub(crate) fn expire(&self) {
+        let mut inner = self.lock();
+        for key in inner.state.expire(Instant::now()) {
+            tracing::info!(session = %key, "forgot an expired session");
+        }
+    }
+
+    /// Open connections and held sessions, for logs and tests.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.state.connection_count(), inner.state.session_count())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the state machine mid-decision; carrying on with it
+        // could hand out a task twice, so every later caller panics too.
+        self.inner
+            .lock()
+            .expect("the coordinator's state is poisoned")
+    }
+}
+
+impl Inner {
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            let (conn, outgoing) = match action {
+                Action::Send(conn, message) => (conn, Outgoing::Message(message)),
+                Action::Close(conn) => (conn, Outgoing::Close),
+            };
+            if let Some(outbox) = self.outboxes.get(&conn) {
+                // A closed outbox means the connection's task is ending; its disconnect follows.
+                let _ = outbox.send(outgoing);
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The task-sharding coordinator.
+//!
+//! - [`state`]: the pure state machine that makes every decision (sessions, leases, results).
+//! - [`tls`]: the certificate the coordinator presents: loaded, or generated and written down so
+//!   clients can trust it.
+//! - [`server`]: the QUIC endpoint and its accept loop; [`connection`] serves one client.
+//!
+//! Tests start a server on `127.0.0.1:0` with [`server::Server::bind`] and hand
+//! [`server::Server::run`] their own shutdown future; `main` hands it SIGINT/SIGTERM.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod server;
+pub mod state;
+pub mod tls;
+
+mod connection;
+mod hub;

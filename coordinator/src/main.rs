@@ -1,0 +1,185 @@
+//! `coordinator`: the QUIC server that lets identical CI jobs share their tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use coordinator::server::{Server, ServerConfig};
+use coordinator::state::Policy;
+use coordinator::tls::{self, TlsIdentity};
+
+/// The task-sharding coordinator.
+///
+/// Clients that join with the same session key share one session: the coordinator hands out
+/// their tasks in batches, takes a task back the moment the client holding it is lost, and
+/// sends every client the results of the whole session.
+///
+/// Prints `coordinator listening on ADDR` and the certificate's SHA-256 fingerprint on stdout
+/// once it is ready; logs go to stderr (RUST_LOG sets the level, default `info`).
+/// Stops gracefully on SIGINT or SIGTERM. Exit codes: 0 after a graceful stop, 1 on a fatal
+/// error, 2 on a bad command line.
+#[derive(Debug, Parser)]
+#[command(version, max_term_width = 100)]
+struct Opt {
+    /// The UDP address to listen on.
+    #[arg(long, env = "TASK_SHARDING_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+
+    /// Where the coordinator keeps its state; the generated certificate goes to STATE_DIR/tls
+    /// unless --tls-dir or --cert say otherwise.
+    /// [default: $XDG_STATE_HOME/task-sharding, else ~/.local/state/task-sharding]
+    #[arg(long, env = "TASK_SHARDING_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Directory holding cert.pem and key.pem. When they do not exist, a self-signed certificate
+    /// is generated there; hand its cert.pem to clients as TASK_SHARDING_CA.
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    tls_dir: Option<PathBuf>,
+
+    /// A PEM certificate chain to present instead of a generated one (needs --key).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// The PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+
+    /// Extra DNS names or IP addresses for the generated certificate, besides localhost,
+    /// 127.0.0.1, ::1 and this host's name. Repeatable.
+    #[arg(long = "san", value_name = "NAME")]
+    sans: Vec<String>,
+
+    /// A file holding the token clients must present (TASK_SHARDING_TOKEN). Required when
+    /// listening on a non-loopback address.
+    #[arg(long, env = "TASK_SHARDING_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address without a token, letting anyone who can reach the port
+    /// join sessions and report results.
+    #[arg(long)]
+    insecure_no_token: bool,
+
+    /// How long a client may stay silent before it counts as lost and its tasks go to others.
+    /// Clients send keep-alives, so long tasks are never mistaken for silence.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
+    /// How long a finished (or abandoned) session is remembered, so late jobs still get its
+    /// results.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
+
+    /// The most tasks handed to a client at once.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+
+    /// The most sessions held at once.
+    #[arg(long, default_value_t = 1000)]
+    max_sessions: usize,
+
+    /// The most client connections served at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+fn main() -> ExitCode {
+    let opt = Opt::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(opt) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ERROR: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(opt: Opt) -> Result<()> {
+    // Under `bazel run`, relative paths mean the directory the user ran Bazel from.
+    if let Some(dir) = std::env::var_os("BUILD_WORKING_DIRECTORY") {
+        std::env::set_current_dir(&dir).context("cannot enter BUILD_WORKING_DIRECTORY")?;
+    }
+    let token = read_token(&opt)?;
+    let identity = match (&opt.cert, &opt.key, &opt.tls_dir) {
+        (Some(cert), Some(key), _) => TlsIdentity::load(cert, key)?,
+        (_, _, Some(dir)) => TlsIdentity::load_or_generate(dir, &tls::default_names(&opt.sans))?,
+        _ => {
+            let dir = state_dir(&opt)?.join("tls");
+            TlsIdentity::load_or_generate(&dir, &tls::default_names(&opt.sans))?
+        }
+    };
+    let cert_path = identity.cert_path.clone();
+    let mut config = ServerConfig::new(opt.listen, identity);
+    config.policy = Policy {
+        token,
+        max_batch: opt.max_batch,
+        session_ttl: opt.session_ttl,
+        max_sessions: opt.max_sessions,
+    };
+    config.idle_timeout = opt.idle_timeout;
+    config.max_connections = opt.max_connections;
+    let server = Server::bind(config)?;
+    let addr = server.local_addr()?;
+    println!("coordinator listening on {addr}");
+    println!(
+        "certificate {} sha256 {}",
+        cert_path.display(),
+        server.fingerprint()
+    );
+    tracing::info!(%addr, cert = %cert_path.display(), fingerprint = %server.fingerprint(), "ready");
+    server.run(shutdown_signal()).await
+}
+
+/// The token from --token-file, trimmed; refuses to run open on a non-loopback address.
+fn read_token(opt: &Opt) -> Result<Option<String>> {
+    let Some(path) = &opt.token_file else {
+        if !opt.listen.ip().is_loopback() && !opt.insecure_no_token {
+            bail!(
+                "listening on {} without a token would let anyone who reaches the port join \
+                 sessions; pass --token-file FILE (clients set TASK_SHARDING_TOKEN), or \
+                 --insecure-no-token to accept that",
+                opt.listen
+            );
+        }
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(Some(token.to_string()))
+}
+
+fn state_dir(opt: &Opt) -> Result<PathBuf> {
+    if let Some(dir) = &opt.state_dir {
+        return Ok(dir.clone());
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("task-sharding"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .context("no --state-dir, XDG_STATE_HOME or HOME to keep the certificate in")?;
+    Ok(PathBuf::from(home).join(".local/state/task-sharding"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,156 @@
+//! The QUIC endpoint: binds, accepts connections, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::sync::Semaphore;
+
+use crate::connection::{self, Limits};
+use crate::hub::Hub;
+use crate::state::Policy;
+use crate::tls::TlsIdentity;
+
+/// Everything the server needs to start.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The UDP address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The certificate presented to clients.
+    pub identity: TlsIdentity,
+    /// The rules the state machine enforces.
+    pub policy: Policy,
+    /// How long a connection may be silent before it counts as lost and its leases go back.
+    /// Clients send keep-alives well within it, so a long task never looks silent.
+    pub idle_timeout: Duration,
+    /// The most connections served at once; more are refused.
+    pub max_connections: usize,
+    /// The largest frame accepted.
+    pub max_frame_len: usize,
+}
+
+impl ServerConfig {
+    /// A configuration with defaults for everything but the address and certificate.
+    pub fn new(listen: SocketAddr, identity: TlsIdentity) -> Self {
+        ServerConfig {
+            listen,
+            identity,
+            policy: Policy::default(),
+            idle_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
+            max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+/// A bound, not yet running, coordinator.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    hub: Arc<Hub>,
+    limits: Limits,
+    max_connections: usize,
+    fingerprint: String,
+}
+
+impl Server {
+    /// Binds the endpoint. Nothing is served until [`Server::run`].
+    pub fn bind(config: ServerConfig) -> Result<Server> {
+        let fingerprint = config.identity.fingerprint();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 is unavailable")?
+            .with_no_client_auth()
+            .with_single_cert(config.identity.certs, config.identity.key)
+            .context("the certificate and key do not form a usable identity")?;
+        tls.alpn_protocols = vec![schemas::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .context("the TLS configuration is unusable for QUIC")?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let transport = Arc::get_mut(&mut server_config.transport).expect("not shared yet");
+        transport
+            .max_idle_timeout(Some(
+                config
+                    .idle_timeout
+                    .try_into()
+                    .context("the idle timeout is too long")?,
+            ))
+            .keep_alive_interval(Some(config.idle_timeout / 3))
+            // One stream per client carries the whole conversation.
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Server {
+            endpoint,
+            hub: Arc::new(Hub::new(config.policy)),
+            limits: Limits {
+                handshake: Duration::from_secs(10),
+                hello: Duration::from_secs(10),
+                max_frame_len: config.max_frame_len,
+            },
+            max_connections: config.max_connections,
+            fingerprint,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The SHA-256 fingerprint of the certificate, in lowercase hex.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
+    /// clients to be told.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let expiry = tokio::spawn(expire_sessions(self.hub.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let hub = self.hub.clone();
+                            let limits = self.limits;
+                            tokio::spawn(async move {
+                                connection::serve(incoming, hub, limits).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tracing::warn!(remote = %incoming.remote_address(),
+                                "refused a connection: at the limit of {}", self.max_connections);
+                            incoming.refuse();
+                        }
+                    }
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        expiry.abort();
+        let (connections, sessions) = self.hub.counts();
+        tracing::info!(connections, sessions, "shutting down");
+        self.endpoint
+            .close(0u32.into(), b"the coordinator is shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
+
+/// Forgets expired sessions every few seconds.
+async fn expire_sessions(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        hub.expire();
+    }
+}

@@ -1,0 +1,144 @@
+//! The certificate the coordinator presents.
+//!
+//! Either the operator gives one (`--cert`/`--key`), or the coordinator makes a self-signed one
+//! on first start and keeps it in its TLS directory, so that the `cert.pem` clients were given
+//! (via `TASK_SHARDING_CA`) stays valid across restarts. Its SHA-256 fingerprint is the other way
+//! clients can trust it (`TASK_SHARDING_FINGERPRINT`).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest as _, Sha256};
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    /// The chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Where the leaf certificate is, for the message telling operators what to hand clients.
+    pub cert_path: PathBuf,
+}
+
+impl TlsIdentity {
+    /// Loads a PEM certificate chain and private key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
+        let certs = CertificateDer::pem_file_iter(cert_path)
+            .with_context(|| format!("cannot read certificates from {}", cert_path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("bad PEM in {}", cert_path.display()))?;
+        if certs.is_empty() {
+            bail!("{} holds no certificate", cert_path.display());
+        }
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .with_context(|| format!("cannot read a private key from {}", key_path.display()))?;
+        Ok(TlsIdentity {
+            certs,
+            key,
+            cert_path: cert_path.to_path_buf(),
+        })
+    }
+
+    /// Loads `cert.pem` and `key.pem` from `dir`, or, when neither exists, generates a
+    /// self-signed certificate for `names` (DNS names or IP addresses) and writes them there.
+    pub fn load_or_generate(dir: &Path, names: &[String]) -> Result<Self> {
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => return Self::load(&cert_path, &key_path),
+            (false, false) => {}
+            _ => bail!(
+                "{} has only one of cert.pem and key.pem; remove it to generate a new pair",
+                dir.display()
+            ),
+        }
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the TLS directory {}", dir.display()))?;
+        let generated = rcgen::generate_simple_self_signed(names.to_vec())
+            .context("cannot generate a self-signed certificate")?;
+        write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
+        fs::write(&cert_path, generated.cert.pem())
+            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+        tracing::info!(cert = %cert_path.display(), ?names, "generated a self-signed certificate");
+        Self::load(&cert_path, &key_path)
+    }
+
+    /// The SHA-256 of the leaf certificate, in lowercase hex.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.certs[0])
+    }
+}
+
+/// The SHA-256 of a DER certificate, in lowercase hex: what `TASK_SHARDING_FINGERPRINT` pins.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(Sha256::digest(cert.as_ref()))
+}
+
+/// The names a generated certificate is valid for: loopback, this host, and what was asked.
+pub fn default_names(extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Some(host) = hostname() {
+        names.push(host);
+    }
+    for name in extra {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+fn hostname() -> Option<String> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Writes a file readable by its owner only: it holds a private key.
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_identity_is_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = TlsIdentity::load_or_generate(dir.path(), &default_names(&[])).unwrap();
+        let second = TlsIdentity::load_or_generate(dir.path(), &default_names(&[])).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        assert_eq!(first.fingerprint().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(dir.path().join("key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the key is private");
+        }
+    }
+
+    #[test]
+    fn half_an_identity_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cert.pem"), "x").unwrap();
+        let error = TlsIdentity::load_or_generate(dir.path(), &[]).unwrap_err();
+        assert!(error.to_string().contains("only one of"), "{error}");
+    }
+}

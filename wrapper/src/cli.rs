@@ -1,0 +1,194 @@
+//! The `task-sharding` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::connection::ConnectOptions;
+use crate::exit;
+use crate::trust::{Trust, TrustError};
+
+/// Make identical CI jobs share their work.
+///
+/// Every job of a CI run starts the same command; task-sharding connects each to a coordinator,
+/// which hands out the tasks among them, so each task runs once, and every job ends with the
+/// results of all of them.
+#[derive(Debug, Parser)]
+#[command(name = "task-sharding", version, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the tasks of a schema file as processes, shared with the other jobs of this run.
+    ///
+    /// Each task this job is assigned runs COMMAND ARGS..., with `{task}` replaced by the task's
+    /// text and `{id}` by its index (also in the environment as TASK_SHARDING_TASK and
+    /// TASK_SHARDING_TASK_ID). Prints the session's summary (task, outcome, duration, client).
+    ///
+    /// Exit codes: 0 every task of the session succeeded; 1 some task failed; 2 bad command line
+    /// or schema; 3 the coordinator could not be used (unreachable, refused, lost);
+    /// 130 interrupted.
+    ///
+    /// Example: task-sharding run --schema schemas/examples/sleep.yaml -- sleep '{task}'
+    Run(RunArgs),
+}
+
+/// `task-sharding run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The schema: a YAML file with `name:` and `tasks:` (a list of `- task: "..."`).
+    #[arg(long, value_name = "FILE")]
+    pub schema: PathBuf,
+
+    /// The most tasks to take from the coordinator at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// The command to run per task, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// How to reach, trust and identify to the coordinator; shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The coordinator's address, host:port.
+    #[arg(long, env = "TASK_SHARDING_COORDINATOR", value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+
+    /// A PEM file of the certificate(s) to trust for the coordinator: its generated cert.pem, or
+    /// the CA that signed its certificate.
+    #[arg(long, env = "TASK_SHARDING_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+
+    /// Trust exactly the coordinator certificate with this SHA-256 fingerprint (hex, as the
+    /// coordinator prints it) instead of a CA file.
+    #[arg(long, env = "TASK_SHARDING_FINGERPRINT", value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+
+    /// The token the coordinator requires, if any.
+    #[arg(long, env = "TASK_SHARDING_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Identifies this run of the CI pipeline: jobs with the same run id share a session, and a
+    /// re-run needs a new one. Default: told from the CI system's variables (GitHub Actions,
+    /// GitLab CI, Buildkite, CircleCI, Jenkins).
+    #[arg(long, env = "TASK_SHARDING_RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// This job's name in summaries. Default: the CI job's name, else HOSTNAME-PID.
+    #[arg(long, env = "TASK_SHARDING_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// How long to try reaching the coordinator.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long the coordinator may stay silent before the connection counts as lost.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+/// A configuration problem the user must fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No coordinator address.
+    #[error("no coordinator: set TASK_SHARDING_COORDINATOR=host:port (or --coordinator)")]
+    NoCoordinator,
+    /// No way to verify the coordinator.
+    #[error(
+        "no way to verify the coordinator: set TASK_SHARDING_CA to its cert.pem, or \
+         TASK_SHARDING_FINGERPRINT to the fingerprint it prints"
+    )]
+    NoTrust,
+    /// No run id.
+    #[error(
+        "cannot tell which CI run this is: set TASK_SHARDING_RUN_ID to an id shared by every job \
+         of this run and new for each re-run (e.g. your CI's pipeline id and attempt)"
+    )]
+    NoRunId,
+    /// A trust setting was malformed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl ConnectArgs {
+    /// The connection options these arguments describe.
+    pub fn connect_options(&self) -> Result<ConnectOptions, ConfigError> {
+        let coordinator = self.coordinator.clone().ok_or(ConfigError::NoCoordinator)?;
+        let trust = match (&self.ca, &self.fingerprint) {
+            (Some(path), _) => Trust::CaFile(path.clone()),
+            (None, Some(fingerprint)) => Trust::fingerprint(fingerprint)?,
+            (None, None) => return Err(ConfigError::NoTrust),
+        };
+        let env = |name: &str| std::env::var(name).ok();
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown-host".into());
+        let ci_job = crate::ci::job_name(env);
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+        Ok(ConnectOptions {
+            coordinator,
+            trust,
+            token: self.token.clone(),
+            client_id,
+            info: schemas::ClientInfo {
+                host,
+                ci_job,
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+        })
+    }
+
+    /// The run id: the flag or TASK_SHARDING_RUN_ID, else the CI system's.
+    pub fn run_id(&self) -> Result<String, ConfigError> {
+        if let Some(id) = &self.run_id {
+            return Ok(id.clone());
+        }
+        crate::ci::run_id(|name| std::env::var(name).ok())
+            .map(|run| run.id)
+            .ok_or(ConfigError::NoRunId)
+    }
+}
+
+/// Parses the command line and runs it; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("task-sharding: error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => crate::run_command::run(args).await,
+        }
+    });
+    ExitCode::from(code)
+}

@@ -1,0 +1,5 @@
+//! `task-sharding`: see `task-sharding --help`.
+
+fn main() -> std::process::ExitCode {
+    wrapper::cli::main()
+}

@@ -1,0 +1,106 @@
+//! The session's summary, printed the same by every client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use schemas::{Outcome, Schema, SessionReport};
+
+/// Renders every task's result, in schema order, with the client that produced it, then a line
+/// of totals. Depends only on the report, so every client of a session prints the same text.
+pub fn render(schema: &Schema, report: &SessionReport) -> String {
+    let width = schema
+        .tasks
+        .iter()
+        .map(|t| t.task.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(80);
+    let mut out = String::new();
+    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
+    let mut clients = BTreeSet::new();
+    let _ = writeln!(
+        out,
+        "task-sharding: session {:?} complete: {} tasks",
+        report.schema_name,
+        report.records.len()
+    );
+    for record in &report.records {
+        let text = schema
+            .tasks
+            .get(record.task as usize)
+            .map_or("?", |t| t.task.as_str());
+        let result = &record.result;
+        *counts.entry(result.outcome).or_default() += 1;
+        clients.insert(record.client.as_str());
+        let mut detail = format!("in {}", seconds(result.duration_ms));
+        if !result.executed {
+            detail.push_str(" (cached)");
+        }
+        if let (false, Some(code)) = (result.outcome.is_success(), result.exit_code) {
+            let _ = write!(detail, ", exit {code}");
+        }
+        let _ = writeln!(
+            out,
+            "{text:<width$}  {:<8} {detail}  [{}]",
+            result.outcome.label(),
+            record.client
+        );
+    }
+    let totals: Vec<String> = counts
+        .iter()
+        .map(|(outcome, n)| format!("{n} {}", outcome.label().to_lowercase()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "task-sharding: {}; run by {} client{}",
+        if totals.is_empty() {
+            "no tasks".to_string()
+        } else {
+            totals.join(", ")
+        },
+        clients.len(),
+        if clients.len() == 1 { "" } else { "s" }
+    );
+    out
+}
+
+/// Milliseconds as Bazel prints durations: `0.5s`, `12.3s`.
+pub fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{TaskRecord, TaskResult};
+
+    #[test]
+    fn lists_every_task_with_its_client_and_totals() {
+        let schema = Schema::new("s", ["short", "a-longer-task"]).unwrap();
+        let record = |task, outcome, client: &str| TaskRecord {
+            task,
+            result: TaskResult {
+                outcome,
+                exit_code: Some(if outcome == Outcome::Passed { 0 } else { 2 }),
+                duration_ms: 1500,
+                executed: true,
+            },
+            client: client.into(),
+        };
+        let report = SessionReport {
+            schema_name: "s".into(),
+            records: vec![
+                record(0, Outcome::Passed, "a"),
+                record(1, Outcome::Failed, "b"),
+            ],
+        };
+        let text = render(&schema, &report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "short          PASSED   in 1.5s  [a]");
+        assert_eq!(lines[2], "a-longer-task  FAILED   in 1.5s, exit 2  [b]");
+        assert_eq!(
+            lines[3],
+            "task-sharding: 1 passed, 1 failed; run by 2 clients"
+        );
+    }
+}
