@@ -1,0 +1,4 @@
+#!/bin/bash
+. "${TEST_SRCDIR}/${TEST_WORKSPACE}/testlib/lib.sh"
+sleep 3
+pass
