@@ -102,7 +102,9 @@ impl Connection {
                     .try_into()
                     .map_err(|_| ClientError::Protocol("idle timeout too long".into()))?,
             ))
-            .keep_alive_interval(Some(options.idle_timeout / 3));
+            // The coordinator's idle timeout may be shorter than ours; keep-alives every two
+            // seconds at most keep a long task from looking like silence either way.
+            .keep_alive_interval(Some((options.idle_timeout / 3).min(Duration::from_secs(2))));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse().expect("valid")

@@ -1,0 +1,313 @@
+//! `task-sharding run` with real processes: a coordinator and several clients on loopback.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{lines, summary, wait_until, write_schema, Coordinator, Job};
+
+/// Longest any client may take in these tests before it counts as hung.
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A task command that appends `<task> <client>` to `done` once it has finished its work, and
+/// fails for tasks whose text starts with `fail`.
+fn task_command(dir: &Path, seconds: &str) -> Vec<String> {
+    let script = format!(
+        "echo \"$0 $TASK_SHARDING_CLIENT_ID\" >> {started}; sleep {seconds}; \
+         case \"$0\" in fail*) exit 1;; esac; echo \"$0 $TASK_SHARDING_CLIENT_ID\" >> {done}",
+        started = dir.join("started").display(),
+        done = dir.join("done").display(),
+    );
+    vec!["sh".into(), "-c".into(), script, "{task}".into()]
+}
+
+fn run_clients(
+    coordinator: &Coordinator,
+    run_id: &str,
+    schema: &Path,
+    command: &[String],
+    clients: usize,
+) -> Vec<Job> {
+    (1..=clients)
+        .map(|i| {
+            let name = format!("job-{i}");
+            let mut cmd = coordinator.client(run_id, &name);
+            cmd.arg("run")
+                .arg("--schema")
+                .arg(schema)
+                .arg("--")
+                .args(command);
+            Job::spawn(&name, cmd).unwrap()
+        })
+        .collect()
+}
+
+/// How many times each task finished, from the side file.
+fn finishes(dir: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in lines(&dir.join("done")) {
+        let task = line.split_whitespace().next().unwrap().to_string();
+        *counts.entry(task).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn three_clients_run_thirty_tasks_each_exactly_once() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks: Vec<String> = (0..30).map(|i| format!("t{i:02}")).collect();
+    let schema = write_schema(dir.path(), "thirty", &tasks).unwrap();
+    let jobs = run_clients(
+        &coordinator,
+        "run-1",
+        &schema,
+        &task_command(dir.path(), "0.1"),
+        3,
+    );
+    let outputs: Vec<_> = jobs
+        .into_iter()
+        .map(|job| job.wait(LIMIT).unwrap())
+        .collect();
+
+    let counts = finishes(dir.path());
+    for task in &tasks {
+        assert_eq!(
+            counts.get(task),
+            Some(&1),
+            "task {task} finished {:?} times",
+            counts.get(task)
+        );
+    }
+    assert_eq!(counts.len(), 30);
+    let summaries: Vec<String> = outputs
+        .iter()
+        .map(|o| summary(&String::from_utf8_lossy(&o.stdout)))
+        .collect();
+    for (output, text) in outputs.iter().zip(&summaries) {
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(text, &summaries[0], "every client prints the same summary");
+    }
+    assert!(summaries[0].contains("30 passed"), "{}", summaries[0]);
+    // The work really was shared: every task line names the client that ran it, and the side
+    // file agrees with the summary about who that was.
+    for line in lines(&dir.path().join("done")) {
+        let (task, client) = line.split_once(' ').unwrap();
+        let row = summaries[0].lines().find(|l| l.starts_with(task)).unwrap();
+        assert!(row.ends_with(&format!("[{client}]")), "{row} vs {line}");
+    }
+    let clients_used = lines(&dir.path().join("done"))
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect::<std::collections::HashSet<_>>();
+    assert!(
+        clients_used.len() >= 2,
+        "the work was spread: {clients_used:?}"
+    );
+}
+
+#[test]
+fn one_failing_task_makes_every_client_exit_1() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks: Vec<String> = (0..11).map(|i| format!("t{i:02}")).collect();
+    tasks.push("fail-me".into());
+    let schema = write_schema(dir.path(), "one-fails", &tasks).unwrap();
+    let jobs = run_clients(
+        &coordinator,
+        "run-1",
+        &schema,
+        &task_command(dir.path(), "0.05"),
+        3,
+    );
+    let outputs: Vec<_> = jobs
+        .into_iter()
+        .map(|job| job.wait(LIMIT).unwrap())
+        .collect();
+    let first = summary(&String::from_utf8_lossy(&outputs[0].stdout));
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(summary(&String::from_utf8_lossy(&output.stdout)), first);
+    }
+    assert!(first.contains("11 passed, 1 failed"), "{first}");
+    let failed_row = first.lines().find(|l| l.starts_with("fail-me")).unwrap();
+    assert!(
+        failed_row.contains("FAILED") && failed_row.contains("exit 1"),
+        "{failed_row}"
+    );
+    // The failing task ran once; a failure is a result, not a reason to run it again.
+    assert_eq!(
+        lines(&dir.path().join("started"))
+            .iter()
+            .filter(|l| l.starts_with("fail-me "))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_client_killed_mid_task_loses_nothing() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks: Vec<String> = (0..12).map(|i| format!("t{i:02}")).collect();
+    let schema = write_schema(dir.path(), "kill", &tasks).unwrap();
+    let mut jobs = run_clients(
+        &coordinator,
+        "run-1",
+        &schema,
+        &task_command(dir.path(), "1"),
+        3,
+    );
+
+    // Wait until the victim is in the middle of a task, then kill it and everything it started.
+    let started = dir.path().join("started");
+    wait_until("job-3 has started a task", LIMIT, || {
+        lines(&started).iter().any(|l| l.ends_with(" job-3"))
+    })
+    .unwrap();
+    let mut victim = jobs.pop().unwrap();
+    victim.kill_group().unwrap();
+    let killed_task = lines(&started)
+        .into_iter()
+        .rfind(|l| l.ends_with(" job-3"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    let outputs: Vec<_> = jobs
+        .into_iter()
+        .map(|job| job.wait(LIMIT).unwrap())
+        .collect();
+    for output in &outputs {
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let counts = finishes(dir.path());
+    for task in &tasks {
+        assert_eq!(counts.get(task), Some(&1), "task {task}: {counts:?}");
+    }
+    let text = summary(&String::from_utf8_lossy(&outputs[0].stdout));
+    assert_eq!(text, summary(&String::from_utf8_lossy(&outputs[1].stdout)));
+    let row = text.lines().find(|l| l.starts_with(&killed_task)).unwrap();
+    assert!(
+        row.contains("PASSED") && !row.ends_with("[job-3]"),
+        "the killed client's task {killed_task} was run by another client: {row}"
+    );
+    assert!(
+        coordinator.log().contains("tasks go back to the queue"),
+        "the coordinator took the lease back"
+    );
+}
+
+#[test]
+fn a_late_job_gets_the_finished_sessions_results_without_running_anything() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+    let schema = write_schema(dir.path(), "late", &tasks).unwrap();
+    let command = task_command(dir.path(), "0");
+    let first = run_clients(&coordinator, "run-1", &schema, &command, 1)
+        .remove(0)
+        .wait(LIMIT)
+        .unwrap();
+    let late = run_clients(&coordinator, "run-1", &schema, &command, 1)
+        .remove(0)
+        .wait(LIMIT)
+        .unwrap();
+    assert_eq!(late.status.code(), Some(0));
+    assert_eq!(
+        summary(&String::from_utf8_lossy(&late.stdout)),
+        summary(&String::from_utf8_lossy(&first.stdout))
+    );
+    assert_eq!(
+        lines(&dir.path().join("done")).len(),
+        4,
+        "nothing ran twice"
+    );
+    // A new run id is a new session: everything runs again.
+    run_clients(&coordinator, "run-2", &schema, &command, 1)
+        .remove(0)
+        .wait(LIMIT)
+        .unwrap();
+    assert_eq!(lines(&dir.path().join("done")).len(), 8);
+}
+
+#[test]
+fn a_malformed_schema_is_refused_with_its_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "name: bad\ntasks:\n  - task: a\n  - task: a\n").unwrap();
+    // No coordinator is needed to refuse a bad schema: it is checked first.
+    let output = Command::new(e2e::binary("task-sharding"))
+        .args(["run", "--schema"])
+        .arg(&path)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml")
+            && stderr.contains("line 4")
+            && stderr.contains("duplicate task"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_coordinator_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write_schema(dir.path(), "s", &["a".to_string()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    // Any certificate will do: nothing answers on this port.
+    let coordinator = Coordinator::start(&[]).unwrap();
+    std::fs::copy(&coordinator.cert, &cert).unwrap();
+    let output = Command::new(e2e::binary("task-sharding"))
+        .args(["run", "--connect-timeout", "1s", "--schema"])
+        .arg(&schema)
+        .args(["--", "true"])
+        .env("TASK_SHARDING_COORDINATOR", "127.0.0.1:9")
+        .env("TASK_SHARDING_CA", &cert)
+        .env("TASK_SHARDING_RUN_ID", "x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the coordinator at 127.0.0.1:9"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_configuration_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write_schema(dir.path(), "s", &["a".to_string()]).unwrap();
+    let mut command = Command::new(e2e::binary("task-sharding"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TASK_SHARDING_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .args(["run", "--schema"])
+        .arg(&schema)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("TASK_SHARDING_COORDINATOR"), "{stderr}");
+}

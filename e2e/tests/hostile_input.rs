@@ -1,0 +1,282 @@
+//! Bad peers are refused in words, and a session running beside them completes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut as _, BytesMut};
+use e2e::{summary, write_schema, Coordinator, Job};
+use futures_util::StreamExt as _;
+use schemas::{
+    ClientInfo, ClientMessage, ErrorCode, Hello, MessageCodec, ServerMessage, PROTOCOL_VERSION,
+};
+use tokio_util::codec::FramedRead;
+use wrapper::trust::Trust;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A raw QUIC connection to the coordinator, verifying it by its CA file, offering `alpn`.
+async fn raw_connect(
+    coordinator: &Coordinator,
+    alpn: &[u8],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let mut tls = Trust::CaFile(coordinator.cert.clone())
+        .client_config()
+        .unwrap();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let addr: SocketAddr = coordinator.addr.parse().unwrap();
+    endpoint.connect(addr, "localhost").unwrap().await
+}
+
+/// Sends `bytes` on a fresh stream and returns the coordinator's error, which must come before
+/// it closes the connection.
+async fn refusal_for(coordinator: &Coordinator, bytes: &[u8]) -> (ErrorCode, String) {
+    let connection = raw_connect(coordinator, schemas::ALPN).await.unwrap();
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let mut reader = FramedRead::new(
+        recv,
+        MessageCodec::<ServerMessage, ClientMessage>::default(),
+    );
+    let reply = tokio::time::timeout(LIMIT, reader.next())
+        .await
+        .expect("an answer");
+    match reply {
+        Some(Ok(ServerMessage::Error(e))) => {
+            // ...and then the coordinator closes the connection.
+            let closed = tokio::time::timeout(LIMIT, connection.closed())
+                .await
+                .expect("closed");
+            assert!(
+                matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+                "{closed}"
+            );
+            (e.code, e.message)
+        }
+        other => panic!("expected an error message, got {other:?}"),
+    }
+}
+
+fn hello(version: u16, token: Option<&str>) -> ClientMessage {
+    ClientMessage::Hello(Hello {
+        protocol_version: version,
+        client_id: "hostile".into(),
+        token: token.map(str::to_string),
+        info: ClientInfo::default(),
+    })
+}
+
+fn framed(message: &ClientMessage) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut MessageCodec::<ServerMessage, ClientMessage>::default(),
+        message,
+        &mut buf,
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+/// Starts three honest clients in a session of slow-ish tasks.
+fn honest_session(coordinator: &Coordinator, dir: &Path, token: Option<&str>) -> Vec<Job> {
+    let tasks: Vec<String> = (0..9).map(|i| format!("t{i}")).collect();
+    let schema = write_schema(dir, "honest", &tasks).unwrap();
+    (1..=3)
+        .map(|i| {
+            let name = format!("honest-{i}");
+            let mut cmd = coordinator.client("run-1", &name);
+            if let Some(token) = token {
+                cmd.env("TASK_SHARDING_TOKEN", token);
+            }
+            cmd.arg("run")
+                .arg("--schema")
+                .arg(&schema)
+                .args(["--", "sleep", "0.4"]);
+            Job::spawn(&name, cmd).unwrap()
+        })
+        .collect()
+}
+
+fn assert_completed(jobs: Vec<Job>) {
+    let outputs: Vec<_> = jobs.into_iter().map(|j| j.wait(LIMIT).unwrap()).collect();
+    for output in &outputs {
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(summary(&String::from_utf8_lossy(&output.stdout)).contains("9 passed"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_and_versions_are_refused_while_a_session_completes() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let honest = honest_session(&coordinator, dir.path(), None);
+
+    // A hello from another protocol version.
+    let (code, message) =
+        refusal_for(&coordinator, &framed(&hello(PROTOCOL_VERSION + 1, None))).await;
+    assert_eq!(code, ErrorCode::VersionMismatch);
+    assert!(message.contains("protocol version 2"), "{message}");
+
+    // A frame announcing more than the maximum.
+    let (code, message) = refusal_for(&coordinator, &u32::MAX.to_be_bytes()).await;
+    assert_eq!(code, ErrorCode::BadFrame);
+    assert!(message.contains("exceeds the maximum"), "{message}");
+
+    // A well-sized frame of random bytes.
+    let mut garbage = BytesMut::new();
+    garbage.put_u32(64);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        garbage.put_u8((seed >> 24) as u8 | 0x80);
+    }
+    let (code, message) = refusal_for(&coordinator, &garbage).await;
+    assert_eq!(code, ErrorCode::BadFrame);
+    assert!(message.contains("undecodable"), "{message}");
+
+    // A message before the hello.
+    let (code, message) = refusal_for(
+        &coordinator,
+        &framed(&ClientMessage::Request(schemas::WorkRequest {
+            max_tasks: 1,
+        })),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::ProtocolViolation);
+    assert!(
+        message.contains("first message must be a hello"),
+        "{message}"
+    );
+
+    // Another protocol's ALPN does not even complete the handshake.
+    let refused = raw_connect(&coordinator, b"task-sharding/999").await;
+    assert!(refused.is_err(), "a foreign ALPN was accepted");
+
+    // A peer that connects and says nothing is dropped after the hello timeout; meanwhile it
+    // holds nothing the session needs.
+    let silent = raw_connect(&coordinator, schemas::ALPN).await.unwrap();
+    let (mut send, _recv) = silent.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+
+    tokio::task::spawn_blocking(move || assert_completed(honest))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.closed()).await;
+    assert!(closed.is_ok(), "the silent peer was disconnected");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "open-sesame\n").unwrap();
+    let coordinator = Coordinator::start(&["--token-file", token_file.to_str().unwrap()]).unwrap();
+    let honest = honest_session(&coordinator, dir.path(), Some("open-sesame"));
+
+    let (code, message) = refusal_for(
+        &coordinator,
+        &framed(&hello(PROTOCOL_VERSION, Some("guess"))),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(message.contains("wrong token"), "{message}");
+
+    // Through the real client, the user sees the coordinator's words and exit code 3.
+    let schema = write_schema(dir.path(), "other", &["x".to_string()]).unwrap();
+    for (token, expected) in [(None, "requires a token"), (Some("guess"), "wrong token")] {
+        let mut cmd = coordinator.client("run-1", "intruder");
+        if let Some(token) = token {
+            cmd.env("TASK_SHARDING_TOKEN", token);
+        }
+        let output = cmd
+            .arg("run")
+            .arg("--schema")
+            .arg(&schema)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    assert!(
+        !coordinator.log().contains("guess"),
+        "tokens are never logged"
+    );
+    tokio::task::spawn_blocking(move || assert_completed(honest))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflicting_schema_under_the_same_run_is_refused() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let honest = honest_session(&coordinator, dir.path(), None);
+    // Same run id and schema name, different tasks: the jobs disagree about the work.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let schema = write_schema(
+        &other,
+        "honest",
+        &["something".to_string(), "else".to_string()],
+    )
+    .unwrap();
+    let output = coordinator
+        .client("run-1", "confused")
+        .arg("run")
+        .arg("--schema")
+        .arg(&schema)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("already runs schema") && stderr.contains("2 tasks"),
+        "{stderr}"
+    );
+    tokio::task::spawn_blocking(move || assert_completed(honest))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_fingerprint_is_checked() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write_schema(dir.path(), "pinned", &["a".to_string()]).unwrap();
+    let run = |fingerprint: &str| {
+        let mut cmd = coordinator.client("run-1", "pinned");
+        cmd.env_remove("TASK_SHARDING_CA")
+            .env("TASK_SHARDING_FINGERPRINT", fingerprint)
+            .arg("run")
+            .arg("--schema")
+            .arg(&schema)
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    };
+    let wrong = run(&"00".repeat(32));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not the pinned"), "{stderr}");
+    let right = run(&coordinator.fingerprint);
+    assert_eq!(
+        right.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+}
