@@ -134,12 +134,15 @@ pub enum Outcome {
     FailedToBuild,
     /// It was not run to a verdict (e.g. the build stopped first).
     NoStatus,
+    /// It was deliberately not run (a filter such as `--test_tag_filters` excluded it). Neither
+    /// a success nor a failure; a session of only skipped tasks ran nothing.
+    Skipped,
 }
 
 impl Outcome {
     /// Whether this outcome counts as success for the session.
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Passed | Outcome::Flaky)
+        matches!(self, Outcome::Passed | Outcome::Flaky | Outcome::Skipped)
     }
 
     /// The word shown in summaries, in Bazel's style.
@@ -151,6 +154,7 @@ impl Outcome {
             Outcome::TimedOut => "TIMEOUT",
             Outcome::FailedToBuild => "FAILED TO BUILD",
             Outcome::NoStatus => "NO STATUS",
+            Outcome::Skipped => "SKIPPED",
         }
     }
 }
@@ -165,7 +169,7 @@ pub enum ServerMessage {
     /// The join was accepted.
     Joined(Joined),
     /// Run these tasks and report their results.
-    Assignment(Vec<TaskId>),
+    Assignment(Assignment),
     /// Stop these tasks: their results are already known. Do not report them.
     Abort(Vec<TaskId>),
     /// Every task of the session has a result.
@@ -221,6 +225,26 @@ pub struct Joined {
     /// Tasks that already have a result.
     pub finished: u32,
     /// Clients in the session, this one included.
+    pub clients: u32,
+}
+
+/// Tasks to run, and how far the session is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The tasks, now leased to this client.
+    pub tasks: Vec<TaskId>,
+    /// The session's progress when they were handed out.
+    pub progress: Progress,
+}
+
+/// How far a session is, for progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Tasks with a result.
+    pub finished: u32,
+    /// Tasks in the session.
+    pub total: u32,
+    /// Clients connected to the session.
     pub clients: u32,
 }
 
@@ -333,7 +357,14 @@ mod tests {
                 finished: 0,
                 clients: 1,
             }),
-            ServerMessage::Assignment(vec![0, 1]),
+            ServerMessage::Assignment(Assignment {
+                tasks: vec![0, 1],
+                progress: Progress {
+                    finished: 0,
+                    total: 2,
+                    clients: 1,
+                },
+            }),
             ServerMessage::Abort(vec![1]),
             ServerMessage::Complete(SessionReport {
                 schema_name: "s".into(),

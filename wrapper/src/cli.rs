@@ -37,7 +37,27 @@ pub enum Command {
     /// 130 interrupted.
     ///
     /// Example: task-sharding run --schema schemas/examples/sleep.yaml -- sleep '{task}'
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+
+    /// Run Bazel, sharding `bazel test` across the jobs of this CI run (what tools/bazel runs).
+    ///
+    /// Every command but `test` is handed to $BAZEL_REAL untouched. `bazel test PATTERNS` is
+    /// expanded with `bazel query` into test targets, which the jobs of this run share through
+    /// the coordinator; each job runs its batches with the same options (remote cache flags
+    /// included), and every job ends with the summary of all targets and Bazel's exit code for
+    /// the whole run: 0 all passed, 1 build failure, 2 bad command line, 3 a test failed,
+    /// 4 no tests, 8 interrupted, 36 the coordinator was required (TASK_SHARDING_REQUIRED=1) but
+    /// unusable. Without a usable coordinator the command runs unsharded (fail-open).
+    ///
+    /// Configuration comes from the environment only (TASK_SHARDING_COORDINATOR, _CA,
+    /// _FINGERPRINT, _TOKEN, _RUN_ID, _CLIENT_ID, _REQUIRED, _GRACE, _BEP_DIR), since the
+    /// arguments are Bazel's.
+    #[command(disable_help_flag = true)]
+    Bazel {
+        /// Bazel's arguments, exactly as given to `bazel`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `task-sharding run`.
@@ -92,7 +112,7 @@ pub struct ConnectArgs {
     pub client_id: Option<String>,
 
     /// How long to try reaching the coordinator.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASK_SHARDING_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
     /// How long the coordinator may stay silent before the connection counts as lost.
@@ -170,7 +190,15 @@ impl ConnectArgs {
 
 /// Parses the command line and runs it; the binary's whole `main`.
 pub fn main() -> ExitCode {
+    // `task-sharding bazel ...`: every argument after `bazel` is Bazel's, `--help` included.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("bazel") {
+        init_logging();
+        let code = crate::bazel::main(argv[2..].to_vec());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
+    init_logging();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -187,8 +215,19 @@ pub fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => crate::run_command::run(args).await,
+            Command::Run(args) => crate::run_command::run(*args).await,
+            Command::Bazel { .. } => unreachable!("handled before parsing"),
         }
     });
     ExitCode::from(code)
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

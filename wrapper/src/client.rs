@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use schemas::{
-    ClientMessage, Join, Joined, Schema, ServerMessage, SessionReport, TaskId, WorkRequest,
+    Assignment, ClientMessage, Join, Joined, Progress, Schema, ServerMessage, SessionReport,
+    TaskId, TaskReport, WorkRequest,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -15,12 +16,12 @@ use crate::runner::{AssignedTask, TaskRunner};
 pub enum Event {
     /// Joined; how far the session already is.
     Joined(Joined),
-    /// These tasks were assigned to this client.
-    Assigned(Vec<AssignedTask>),
+    /// These tasks were assigned to this client; the session's progress then.
+    Assigned(Vec<AssignedTask>, Progress),
     /// The coordinator said another client finished these first; they were stopped.
     Aborted(Vec<TaskId>),
-    /// This client reported results for so many tasks.
-    Reported(usize),
+    /// This client reported these results.
+    Reported(Vec<TaskReport>),
 }
 
 /// Settings for one session run.
@@ -61,7 +62,10 @@ pub async fn run_session<R: TaskRunner>(
     connection.send(&request).await?;
     loop {
         match receive(connection, &options.interrupt).await? {
-            ServerMessage::Assignment(ids) => {
+            ServerMessage::Assignment(Assignment {
+                tasks: ids,
+                progress,
+            }) => {
                 let tasks = ids
                     .iter()
                     .map(|&id| {
@@ -76,12 +80,13 @@ pub async fn run_session<R: TaskRunner>(
                         })
                     })
                     .collect::<Result<Vec<_>, ClientError>>()?;
-                on_event(Event::Assigned(tasks.clone()));
+                on_event(Event::Assigned(tasks.clone(), progress));
                 match run_batch(connection, runner, &tasks, options, &mut on_event).await? {
                     BatchEnd::Reports(reports) => {
-                        let count = reports.len();
-                        connection.send(&ClientMessage::Results(reports)).await?;
-                        on_event(Event::Reported(count));
+                        connection
+                            .send(&ClientMessage::Results(reports.clone()))
+                            .await?;
+                        on_event(Event::Reported(reports));
                         connection.send(&request).await?;
                     }
                     BatchEnd::Complete(report) => return Ok(report),
@@ -98,7 +103,7 @@ pub async fn run_session<R: TaskRunner>(
 /// How running one batch ended.
 enum BatchEnd {
     /// The runner finished; these are its reports.
-    Reports(Vec<schemas::TaskReport>),
+    Reports(Vec<TaskReport>),
     /// The session completed meanwhile (the batch's tasks were finished elsewhere).
     Complete(SessionReport),
 }

@@ -5,9 +5,11 @@
 //! - [`command_runner`]: the generic runner — one process per task from a command template.
 //! - [`ci`]: the CI run and job, told from the environment.
 //! - [`summary`]: the session's summary, identical in every job.
+//! - [`bazel`]: `task-sharding bazel`, the Bazel wrapper behind `tools/bazel`.
 //! - [`cli`], [`run_command`]: the `task-sharding` binary.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod bazel;
 pub mod ci;
 pub mod cli;
 pub mod client;

@@ -92,7 +92,7 @@ fn progress(event: &Event, total: usize) {
             joined.finished,
             joined.clients
         ),
-        Event::Assigned(tasks) => {
+        Event::Assigned(tasks, _) => {
             for task in tasks {
                 eprintln!(
                     "task-sharding: running task {}/{total}: {}",

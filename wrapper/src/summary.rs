@@ -32,19 +32,17 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         let result = &record.result;
         *counts.entry(result.outcome).or_default() += 1;
         clients.insert(record.client.as_str());
-        let mut detail = format!("in {}", seconds(result.duration_ms));
-        if !result.executed {
-            detail.push_str(" (cached)");
-        }
+        // Bazel's style: `//a:b  (cached) PASSED in 0.4s`, then who ran it.
+        let cached = if result.executed { "" } else { "(cached) " };
+        let mut detail = format!(
+            "{cached}{} in {}",
+            result.outcome.label(),
+            seconds(result.duration_ms)
+        );
         if let (false, Some(code)) = (result.outcome.is_success(), result.exit_code) {
             let _ = write!(detail, ", exit {code}");
         }
-        let _ = writeln!(
-            out,
-            "{text:<width$}  {:<8} {detail}  [{}]",
-            result.outcome.label(),
-            record.client
-        );
+        let _ = writeln!(out, "{text:<width$}  {detail}  [{}]", record.client);
     }
     let totals: Vec<String> = counts
         .iter()
@@ -61,6 +59,31 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         clients.len(),
         if clients.len() == 1 { "" } else { "s" }
     );
+    out
+}
+
+/// The same as a Markdown table, for `GITHUB_STEP_SUMMARY`.
+pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
+    let mut out = format!(
+        "### task-sharding: {} ({} tasks)\n\n| task | result | time | job |\n|---|---|---|---|\n",
+        report.schema_name,
+        report.records.len()
+    );
+    for record in &report.records {
+        let text = schema
+            .tasks
+            .get(record.task as usize)
+            .map_or("?", |t| t.task.as_str());
+        let result = &record.result;
+        let cached = if result.executed { "" } else { " (cached)" };
+        let _ = writeln!(
+            out,
+            "| `{text}` | {}{cached} | {} | {} |",
+            result.outcome.label(),
+            seconds(result.duration_ms),
+            record.client.replace('|', "\\|")
+        );
+    }
     out
 }
 
@@ -96,8 +119,8 @@ mod tests {
         };
         let text = render(&schema, &report);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[1], "short          PASSED   in 1.5s  [a]");
-        assert_eq!(lines[2], "a-longer-task  FAILED   in 1.5s, exit 2  [b]");
+        assert_eq!(lines[1], "short          PASSED in 1.5s  [a]");
+        assert_eq!(lines[2], "a-longer-task  FAILED in 1.5s, exit 2  [b]");
         assert_eq!(
             lines[3],
             "task-sharding: 1 passed, 1 failed; run by 2 clients"

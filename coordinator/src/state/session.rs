@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use schemas::{
-    Joined, Schema, SchemaDigest, ServerMessage, SessionReport, TaskId, TaskRecord, TaskReport,
+    Assignment, Joined, Progress, Schema, SchemaDigest, ServerMessage, SessionReport, TaskId,
+    TaskRecord, TaskReport,
 };
 
 use super::{Action, ConnId};
@@ -240,7 +241,18 @@ impl Session {
             for &task in &batch {
                 self.slots[task as usize] = Slot::Leased { holder: conn };
             }
-            actions.push(Action::send(conn, ServerMessage::Assignment(batch)));
+            let progress = Progress {
+                finished: (self.slots.len() - self.remaining) as u32,
+                total: self.slots.len() as u32,
+                clients: self.members.len() as u32,
+            };
+            actions.push(Action::send(
+                conn,
+                ServerMessage::Assignment(Assignment {
+                    tasks: batch,
+                    progress,
+                }),
+            ));
         }
         actions
     }

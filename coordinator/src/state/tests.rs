@@ -96,7 +96,7 @@ impl World {
 fn assignment(actions: &[Action], conn: u64) -> Option<Vec<TaskId>> {
     actions.iter().find_map(|action| match action {
         Action::Send(c, message) if *c == ConnId(conn) => match &**message {
-            ServerMessage::Assignment(tasks) => Some(tasks.clone()),
+            ServerMessage::Assignment(assignment) => Some(assignment.tasks.clone()),
             _ => None,
         },
         _ => None,

@@ -1,0 +1,198 @@
+//! Per-target test results from Bazel's Build Event Protocol, as written by
+//! `--build_event_json_file` (one JSON object per line). Pure: text in, results out.
+//!
+//! The events used: `testResult` (one per run/shard/attempt: whether it executed or came from a
+//! cache, and how long it took), `testSummary` (the target's overall status), and
+//! `targetCompleted` (whether the target built, for targets that never got a summary).
+
+use std::collections::HashMap;
+
+use schemas::{Outcome, TaskResult};
+use serde_json::Value;
+
+/// What the build events say about one target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct TargetEvents {
+    /// `testSummary.overallStatus`.
+    summary_status: Option<String>,
+    /// `testSummary.totalRunDurationMillis` (or the sum of the attempts).
+    summary_duration_ms: Option<u64>,
+    /// Whether any attempt actually executed (rather than being a cache hit).
+    executed: bool,
+    /// Milliseconds spent by the attempts that executed.
+    executed_ms: u64,
+    /// Milliseconds of all attempts, executed or fetched.
+    attempts_ms: u64,
+    /// `Some(success)` from `targetCompleted`; `Some(false)` also when it was aborted.
+    built: Option<bool>,
+    /// The target's completion was aborted (e.g. the build stopped before it).
+    aborted: bool,
+}
+
+/// The results a batch's build events give its targets.
+#[derive(Debug, Default)]
+pub struct BatchEvents {
+    targets: HashMap<String, TargetEvents>,
+    /// `buildFinished.exitCode.code`, when the build got that far.
+    pub exit_code: Option<i32>,
+}
+
+impl BatchEvents {
+    /// Reads the events; lines that are not JSON (a file cut short) are skipped.
+    pub fn parse(jsonl: &str) -> BatchEvents {
+        let mut events = BatchEvents::default();
+        for line in jsonl.lines() {
+            let Ok(event) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            events.add(&event);
+        }
+        events
+    }
+
+    fn add(&mut self, event: &Value) {
+        let id = &event["id"];
+        if let Some(label) = id["testResult"]["label"].as_str() {
+            let result = &event["testResult"];
+            let duration = millis(&result["testAttemptDurationMillis"]);
+            let cached = result["cachedLocally"].as_bool() == Some(true)
+                || result["executionInfo"]["cachedRemotely"].as_bool() == Some(true)
+                || result["executionInfo"]["strategy"].as_str() == Some("remote cache hit");
+            let target = self.target(label);
+            target.attempts_ms += duration;
+            if !cached && !result.is_null() {
+                target.executed = true;
+                target.executed_ms += duration;
+            }
+        } else if let Some(label) = id["testSummary"]["label"].as_str() {
+            let summary = &event["testSummary"];
+            let target = self.target(label);
+            target.summary_status = summary["overallStatus"].as_str().map(str::to_string);
+            target.summary_duration_ms = summary
+                .get("totalRunDurationMillis")
+                .map(millis)
+                .filter(|ms| *ms > 0);
+        } else if let Some(label) = id["targetCompleted"]["label"].as_str() {
+            let aborted = event.get("aborted").is_some();
+            let success = event["completed"]["success"].as_bool() == Some(true);
+            let target = self.target(label);
+            target.built = Some(success && !aborted);
+            target.aborted = aborted;
+        } else if id.get("buildFinished").is_some() {
+            self.exit_code = event["finished"]["exitCode"]["code"]
+                .as_i64()
+                .map(|c| c as i32)
+                .or(Some(0));
+        }
+    }
+
+    fn target(&mut self, label: &str) -> &mut TargetEvents {
+        self.targets.entry(label.to_string()).or_default()
+    }
+
+    /// The result for `label`, or `None` when the events say nothing about it.
+    pub fn result(&self, label: &str) -> Option<TaskResult> {
+        let target = self.targets.get(label)?;
+        let outcome = match (&target.summary_status, target.built) {
+            (Some(status), _) => outcome_of(status),
+            (None, Some(false)) if target.aborted => Outcome::NoStatus,
+            (None, Some(false)) => Outcome::FailedToBuild,
+            // Built, but no test ran: a filter (--test_tag_filters, size, ...) excluded it.
+            (None, Some(true)) => Outcome::Skipped,
+            (None, None) => return None,
+        };
+        let duration_ms = if target.executed {
+            target.executed_ms
+        } else {
+            target.summary_duration_ms.unwrap_or(target.attempts_ms)
+        };
+        Some(TaskResult {
+            outcome,
+            exit_code: None,
+            duration_ms,
+            executed: target.executed,
+        })
+    }
+}
+
+fn outcome_of(status: &str) -> Outcome {
+    match status {
+        "PASSED" => Outcome::Passed,
+        "FLAKY" => Outcome::Flaky,
+        "TIMEOUT" => Outcome::TimedOut,
+        "FAILED" | "REMOTE_FAILURE" => Outcome::Failed,
+        "FAILED_TO_BUILD" => Outcome::FailedToBuild,
+        // NO_STATUS, INCOMPLETE, TOOL_HALTED_BEFORE_TESTING and anything newer.
+        _ => Outcome::NoStatus,
+    }
+}
+
+/// BEP writes 64-bit integers as strings.
+fn millis(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines shaped like Bazel 4.2.3's, trimmed to the fields that matter.
+    const EVENTS: &str = r#"{"id":{"pattern":{"pattern":["//..."]}},"children":[]}
+{"id":{"targetCompleted":{"label":"//a:pass","configuration":{"id":"x"}}},"completed":{"success":true}}
+{"id":{"testResult":{"label":"//a:pass","run":1,"shard":1,"attempt":1,"configuration":{"id":"x"}}},"testResult":{"status":"PASSED","testAttemptDurationMillis":"412","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testSummary":{"label":"//a:pass","configuration":{"id":"x"}}},"testSummary":{"totalRunCount":1,"overallStatus":"PASSED","totalRunDurationMillis":"412"}}
+{"id":{"targetCompleted":{"label":"//a:cached","configuration":{"id":"x"}}},"completed":{"success":true}}
+{"id":{"testResult":{"label":"//a:cached","run":1,"shard":1,"attempt":1,"configuration":{"id":"x"}}},"testResult":{"status":"PASSED","testAttemptDurationMillis":"9","executionInfo":{"strategy":"remote cache hit","cachedRemotely":true}}}
+{"id":{"testSummary":{"label":"//a:cached","configuration":{"id":"x"}}},"testSummary":{"overallStatus":"PASSED","totalNumCached":1}}
+{"id":{"testResult":{"label":"//a:local","run":1,"shard":1,"attempt":1}},"testResult":{"status":"PASSED","cachedLocally":true,"testAttemptDurationMillis":"3"}}
+{"id":{"testSummary":{"label":"//a:local"}},"testSummary":{"overallStatus":"PASSED"}}
+{"id":{"testResult":{"label":"//a:flaky","run":1,"shard":1,"attempt":1}},"testResult":{"status":"FAILED","testAttemptDurationMillis":"100","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testResult":{"label":"//a:flaky","run":1,"shard":1,"attempt":2}},"testResult":{"status":"PASSED","testAttemptDurationMillis":"150","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testSummary":{"label":"//a:flaky"}},"testSummary":{"overallStatus":"FLAKY"}}
+{"id":{"testSummary":{"label":"//a:fail"}},"testSummary":{"overallStatus":"FAILED"}}
+{"id":{"testSummary":{"label":"//a:slow"}},"testSummary":{"overallStatus":"TIMEOUT"}}
+{"id":{"targetCompleted":{"label":"//a:broken"}},"completed":{}}
+{"id":{"targetCompleted":{"label":"//a:filtered"}},"completed":{"success":true}}
+{"id":{"targetCompleted":{"label":"//a:never"}},"aborted":{"reason":"SKIPPED","description":""}}
+{"id":{"buildFinished":{}},"finished":{"exitCode":{"name":"TESTS_FAILED","code":3}}}
+{"id":{"buildMetrics":{}},"trunc"#;
+
+    fn outcome(events: &BatchEvents, label: &str) -> Option<(Outcome, bool, u64)> {
+        events
+            .result(label)
+            .map(|r| (r.outcome, r.executed, r.duration_ms))
+    }
+
+    #[test]
+    fn outcomes_caching_and_durations_come_from_the_events() {
+        let events = BatchEvents::parse(EVENTS);
+        let cases = [
+            ("//a:pass", Some((Outcome::Passed, true, 412))),
+            ("//a:cached", Some((Outcome::Passed, false, 9))),
+            ("//a:local", Some((Outcome::Passed, false, 3))),
+            ("//a:flaky", Some((Outcome::Flaky, true, 250))),
+            ("//a:fail", Some((Outcome::Failed, false, 0))),
+            ("//a:slow", Some((Outcome::TimedOut, false, 0))),
+            ("//a:broken", Some((Outcome::FailedToBuild, false, 0))),
+            ("//a:filtered", Some((Outcome::Skipped, false, 0))),
+            ("//a:never", Some((Outcome::NoStatus, false, 0))),
+            ("//a:unknown", None),
+        ];
+        for (label, want) in cases {
+            assert_eq!(outcome(&events, label), want, "{label}");
+        }
+        assert_eq!(events.exit_code, Some(3));
+    }
+
+    #[test]
+    fn a_successful_build_has_exit_code_zero() {
+        let events = BatchEvents::parse(
+            r#"{"id":{"buildFinished":{}},"finished":{"exitCode":{"name":"SUCCESS"}}}"#,
+        );
+        assert_eq!(events.exit_code, Some(0));
+        assert_eq!(BatchEvents::parse("").exit_code, None);
+    }
+}

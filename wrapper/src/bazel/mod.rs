@@ -1,0 +1,382 @@
+//! `task-sharding bazel ARGS...`: what `tools/bazel` runs instead of Bazel.
+//!
+//! Every command but `test` goes to `$BAZEL_REAL` untouched (the process is replaced, so output,
+//! exit code, stdin and signals are Bazel's own). `bazel test PATTERNS` is sharded: the patterns
+//! are expanded with `bazel query` into test targets, which become the session's tasks; this job
+//! runs the batches it is assigned with the user's own options, reports their results from the
+//! build events, and exits with the whole session's verdict in Bazel's exit codes.
+//!
+//! Fail-open: when the coordinator cannot be used, the original command runs unchanged
+//! (`TASK_SHARDING_REQUIRED=1` makes that an error instead); when it is lost mid-run, the job
+//! retries for a grace period, then runs the targets it does not know to be finished itself.
+
+pub mod args;
+pub mod bep;
+pub mod query;
+pub mod runner;
+pub mod session_key;
+pub mod verdict;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use schemas::{Schema, SessionReport, TaskId, TaskRecord, TaskResult};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ConnectArgs;
+use crate::client::{run_session, Event, SessionOptions};
+use crate::connection::{ClientError, ConnectOptions, Connection};
+use crate::runner::{AssignedTask, TaskRunner as _};
+use crate::summary;
+use args::Invocation;
+use runner::BazelRunner;
+use verdict::code;
+
+/// Set in the environment of the Bazel processes the wrapper starts; `tools/bazel` passes
+/// straight to Bazel when it sees it, so the wrapper never wraps itself.
+pub const WRAPPED_MARKER: &str = "TASK_SHARDING_WRAPPED";
+
+/// Bazel's exit code for a local environment problem: used when `TASK_SHARDING_REQUIRED=1` and
+/// the coordinator cannot be used.
+pub const LOCAL_ENVIRONMENT_ERROR: i32 = 36;
+
+/// The most targets given to one Bazel invocation.
+const MAX_BATCH: u32 = 200;
+
+/// Reads the connection settings from the environment only (no flags: argv belongs to Bazel).
+#[derive(Debug, Parser)]
+struct FromEnvironment {
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Runs `task-sharding bazel ARGS...`; returns the exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let Some(bazel) = std::env::var_os("BAZEL_REAL").map(PathBuf::from) else {
+        eprintln!(
+            "task-sharding: error: BAZEL_REAL is not set; `task-sharding bazel` is meant to be run \
+             by tools/bazel, which Bazel's launcher and bazelisk call with BAZEL_REAL set"
+        );
+        return code::COMMAND_LINE;
+    };
+    let invocation = args::parse(&args);
+    let wrapped = std::env::var_os(WRAPPED_MARKER).is_some();
+    if wrapped || !invocation.is_shardable() || invocation.patterns.is_empty() {
+        return passthrough(&bazel, &args);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("task-sharding: cannot start the async runtime ({e}); running Bazel alone");
+            return passthrough(&bazel, &args);
+        }
+    };
+    runtime.block_on(shard(&bazel, &args, &invocation))
+}
+
+/// Replaces this process with Bazel, argv and environment untouched.
+fn passthrough(bazel: &Path, args: &[String]) -> i32 {
+    let error = std::process::Command::new(bazel).args(args).exec();
+    eprintln!(
+        "task-sharding: error: cannot run {}: {error}",
+        bazel.display()
+    );
+    LOCAL_ENVIRONMENT_ERROR
+}
+
+/// Fail-open: warns and runs the original command, unless the coordinator is required.
+fn fall_back(bazel: &Path, args: &[String], why: &str) -> i32 {
+    if required() {
+        eprintln!("task-sharding: error: {why} (TASK_SHARDING_REQUIRED=1, so not running alone)");
+        return LOCAL_ENVIRONMENT_ERROR;
+    }
+    eprintln!("task-sharding: warning: {why}; running `bazel test` alone, without sharding");
+    passthrough(bazel, args)
+}
+
+fn required() -> bool {
+    std::env::var("TASK_SHARDING_REQUIRED").is_ok_and(|v| v == "1" || v == "true")
+}
+
+async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
+    let connect = match FromEnvironment::try_parse_from(["task-sharding"]) {
+        Ok(parsed) => parsed.connect,
+        Err(e) => return fall_back(bazel, args, &format!("bad TASK_SHARDING_* setting: {e}")),
+    };
+    let options = match connect.connect_options() {
+        Ok(options) => options,
+        Err(e) => return fall_back(bazel, args, &e.to_string()),
+    };
+    let run_id = match connect.run_id() {
+        Ok(id) => id,
+        Err(e) => return fall_back(bazel, args, &e.to_string()),
+    };
+    let targets = match query_test_targets(bazel, invocation).await {
+        Ok(targets) if !targets.is_empty() => targets,
+        // No test targets, or patterns Bazel rejects: Bazel itself says so best, with its code.
+        Ok(_) => return passthrough(bazel, args),
+        Err(e) => {
+            eprintln!("task-sharding: {e}; letting Bazel report it");
+            return passthrough(bazel, args);
+        }
+    };
+    let schema = match Schema::new("bazel test", targets) {
+        Ok(schema) => schema,
+        Err(e) => return fall_back(bazel, args, &format!("cannot shard these targets: {e}")),
+    };
+    let key = session_key::session_key(
+        &run_id,
+        &head_commit(),
+        &invocation.options,
+        &labels(&schema),
+    );
+    let events = match EventsDir::new() {
+        Ok(dir) => dir,
+        Err(e) => return fall_back(bazel, args, &format!("no directory for build events: {e}")),
+    };
+    let mut runner = BazelRunner {
+        bazel: bazel.to_path_buf(),
+        startup: invocation.startup.clone(),
+        options: invocation.options.clone(),
+        events_dir: events.path().to_path_buf(),
+        batches: 0,
+    };
+    let interrupt = CancellationToken::new();
+    tokio::spawn(crate::run_command::cancel_on_signal(interrupt.clone()));
+    let session = SessionOptions {
+        session_key: key,
+        max_batch: MAX_BATCH,
+        interrupt,
+    };
+
+    let (mut connection, _) = match Connection::connect(&options).await {
+        Ok(connected) => connected,
+        Err(e) => return fall_back(bazel, args, &e.to_string()),
+    };
+    eprintln!(
+        "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {})",
+        schema.tasks.len(),
+        options.coordinator
+    );
+    let mut mine: BTreeMap<TaskId, TaskResult> = BTreeMap::new();
+    loop {
+        let outcome = run_session(&mut connection, &schema, &mut runner, &session, |event| {
+            progress(&event, &mut mine)
+        })
+        .await;
+        connection.close().await;
+        match outcome {
+            Ok(report) => return finish(&schema, &report),
+            Err(ClientError::Interrupted) => {
+                eprintln!("task-sharding: interrupted; this job's unfinished targets go to the other jobs");
+                return code::INTERRUPTED;
+            }
+            Err(e @ ClientError::Lost(_)) => {
+                eprintln!("task-sharding: warning: {e}; reconnecting");
+                match reconnect(&options, &session.interrupt).await {
+                    Some(reconnected) => connection = reconnected,
+                    None => return run_rest_alone(&schema, &mut runner, &mine, &options).await,
+                }
+            }
+            Err(e) => {
+                eprintln!("task-sharding: error: {e}");
+                return run_rest_alone(&schema, &mut runner, &mine, &options).await;
+            }
+        }
+    }
+}
+
+/// Expands the patterns into the test targets `bazel test` would run.
+async fn query_test_targets(bazel: &Path, invocation: &Invocation) -> Result<Vec<String>, String> {
+    let Some(expression) = query::test_targets_expression(&invocation.patterns) else {
+        return Ok(Vec::new());
+    };
+    let output = tokio::process::Command::new(bazel)
+        .args(&invocation.startup)
+        .args(["query", "--output=label", "--noshow_progress", &expression])
+        .env(WRAPPED_MARKER, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", bazel.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`bazel query` could not expand the target patterns (exit {})",
+            output.status.code().unwrap_or(-1)
+        ));
+    }
+    Ok(query::parse_labels(&String::from_utf8_lossy(
+        &output.stdout,
+    )))
+}
+
+/// The repository's HEAD commit, so that jobs on different commits never share a session.
+fn head_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "no-git".into())
+}
+
+fn labels(schema: &Schema) -> Vec<String> {
+    schema.tasks.iter().map(|t| t.task.clone()).collect()
+}
+
+/// Prints a progress line per event; remembers this job's own results for the fallback.
+fn progress(event: &Event, mine: &mut BTreeMap<TaskId, TaskResult>) {
+    match event {
+        Event::Joined(joined) => eprintln!(
+            "task-sharding: {} the session: {} targets, {} done, {} job(s)",
+            if joined.created { "started" } else { "joined" },
+            joined.tasks,
+            joined.finished,
+            joined.clients
+        ),
+        Event::Assigned(tasks, progress) => {
+            let names: Vec<&str> = tasks.iter().take(3).map(|t| t.text.as_str()).collect();
+            let more = tasks.len().saturating_sub(names.len());
+            eprintln!(
+                "task-sharding: {}/{} targets done, {} jobs; this job runs {} next: {}{}",
+                progress.finished,
+                progress.total,
+                progress.clients,
+                tasks.len(),
+                names.join(" "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Event::Aborted(ids) => eprintln!(
+            "task-sharding: stopped {} target(s) another job finished first",
+            ids.len()
+        ),
+        Event::Reported(reports) => {
+            for report in reports {
+                mine.insert(report.task, report.result.clone());
+            }
+        }
+    }
+}
+
+/// Prints the session's summary (and a Markdown table for GitHub), returns its exit code.
+fn finish(schema: &Schema, report: &SessionReport) -> i32 {
+    print!("{}", summary::render(schema, report));
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        let markdown = summary::markdown(schema, report);
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, markdown.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("task-sharding: warning: cannot write GITHUB_STEP_SUMMARY: {e}");
+        }
+    }
+    verdict::exit_code(report)
+}
+
+/// Tries to reconnect for the grace period (`TASK_SHARDING_GRACE`, default 60 s).
+async fn reconnect(options: &ConnectOptions, interrupt: &CancellationToken) -> Option<Connection> {
+    let grace = std::env::var("TASK_SHARDING_GRACE")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(60));
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && !interrupt.is_cancelled() {
+        match Connection::connect(options).await {
+            Ok((connection, _)) => return Some(connection),
+            Err(e) => tracing::debug!("reconnect failed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    None
+}
+
+/// The coordinator is gone for good: run every target this job does not know to be finished,
+/// here, in one batch, and exit with the verdict over this job's results.
+async fn run_rest_alone(
+    schema: &Schema,
+    runner: &mut BazelRunner,
+    mine: &BTreeMap<TaskId, TaskResult>,
+    options: &ConnectOptions,
+) -> i32 {
+    let rest: Vec<AssignedTask> = schema
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| !mine.contains_key(&(*id as TaskId)))
+        .map(|(id, task)| AssignedTask {
+            id: id as TaskId,
+            text: task.task.clone(),
+        })
+        .collect();
+    eprintln!(
+        "task-sharding: warning: the coordinator is unavailable; running the {} targets not known \
+         to be finished here (the remote cache spares what other jobs already ran)",
+        rest.len()
+    );
+    let mut records: BTreeMap<TaskId, TaskRecord> = mine
+        .iter()
+        .map(|(&task, result)| {
+            let record = TaskRecord {
+                task,
+                result: result.clone(),
+                client: options.client_id.clone(),
+            };
+            (task, record)
+        })
+        .collect();
+    let local = format!("{} (alone)", options.client_id);
+    if !rest.is_empty() {
+        for report in runner.run(&rest, CancellationToken::new()).await {
+            let record = TaskRecord {
+                task: report.task,
+                result: report.result,
+                client: local.clone(),
+            };
+            records.insert(record.task, record);
+        }
+    }
+    let report = SessionReport {
+        schema_name: schema.name.clone(),
+        records: records.into_values().collect(),
+    };
+    finish(schema, &report)
+}
+
+/// Where batches write their build events: `TASK_SHARDING_BEP_DIR` when set (kept, for
+/// inspection), else a temporary directory removed at the end.
+enum EventsDir {
+    Kept(PathBuf),
+    Temporary(tempfile::TempDir),
+}
+
+impl EventsDir {
+    fn new() -> std::io::Result<EventsDir> {
+        match std::env::var_os("TASK_SHARDING_BEP_DIR") {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                let dir = tempfile::Builder::new().prefix("job-").tempdir_in(dir)?;
+                Ok(EventsDir::Kept(dir.keep()))
+            }
+            None => Ok(EventsDir::Temporary(tempfile::tempdir()?)),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            EventsDir::Kept(path) => path,
+            EventsDir::Temporary(dir) => dir.path(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The Bazel runner: one `bazel test` per batch of targets, results read from its build events.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use schemas::{Outcome, TaskReport, TaskResult};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::bep::BatchEvents;
+use super::verdict::code;
+use super::WRAPPED_MARKER;
+use crate::runner::{AssignedTask, TaskRunner};
+
+/// How long an aborted Bazel gets to stop after SIGINT (which it handles by cancelling the build
+/// cleanly) before it is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs batches of test targets with the user's Bazel, startup options and test options.
+#[derive(Debug)]
+pub struct BazelRunner {
+    /// `$BAZEL_REAL`.
+    pub bazel: PathBuf,
+    /// The user's startup options.
+    pub startup: Vec<String>,
+    /// The user's `test` options (remote cache flags included, as they are).
+    pub options: Vec<String>,
+    /// Where each batch's build event file goes.
+    pub events_dir: PathBuf,
+    /// Batches run so far, to name their event files.
+    pub batches: u32,
+}
+
+impl BazelRunner {
+    /// The argv (after the program) for one batch.
+    pub fn command_line(&self, targets: &[&str], events_file: &std::path::Path) -> Vec<String> {
+        let mut argv = self.startup.clone();
+        argv.push("test".into());
+        argv.extend(self.options.iter().cloned());
+        argv.push(format!("--build_event_json_file={}", events_file.display()));
+        argv.push("--".into());
+        argv.extend(targets.iter().map(|t| t.to_string()));
+        argv
+    }
+}
+
+impl TaskRunner for BazelRunner {
+    async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
+        self.batches += 1;
+        let events_file = self.events_dir.join(format!("batch-{}.json", self.batches));
+        let labels: Vec<&str> = tasks.iter().map(|t| t.text.as_str()).collect();
+        let started = Instant::now();
+        let spawned = Command::new(&self.bazel)
+            .args(self.command_line(&labels, &events_file))
+            .env(WRAPPED_MARKER, "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                eprintln!("task-sharding: cannot start {}: {e}", self.bazel.display());
+                return no_verdict(tasks, code::BUILD_FAILURE, started);
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = abort.cancelled() => {
+                if let Some(pid) = child.id() {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+                }
+                if tokio::time::timeout(INTERRUPT_GRACE, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return Vec::new();
+            }
+        };
+        let exit = match status {
+            Ok(status) => status.code().unwrap_or(code::INTERRUPTED),
+            Err(e) => {
+                eprintln!("task-sharding: lost track of Bazel: {e}");
+                code::BUILD_FAILURE
+            }
+        };
+        let events = BatchEvents::parse(&std::fs::read_to_string(&events_file).unwrap_or_default());
+        tasks
+            .iter()
+            .map(|task| {
+                let result = match events.result(&task.text) {
+                    Some(result) => TaskResult {
+                        exit_code: Some(exit),
+                        ..result
+                    },
+                    // Every target of the batch was filtered out: not a failure.
+                    None if exit == code::NO_TESTS => TaskResult {
+                        outcome: Outcome::Skipped,
+                        exit_code: Some(exit),
+                        duration_ms: 0,
+                        executed: false,
+                    },
+                    None => return no_verdict_for(task, exit, started),
+                };
+                TaskReport {
+                    task: task.id,
+                    result,
+                }
+            })
+            .collect()
+    }
+}
+
+fn no_verdict(tasks: &[AssignedTask], exit: i32, started: Instant) -> Vec<TaskReport> {
+    tasks
+        .iter()
+        .map(|task| no_verdict_for(task, exit, started))
+        .collect()
+}
+
+/// A target Bazel said nothing about: the build stopped before it (or never started).
+fn no_verdict_for(task: &AssignedTask, exit: i32, started: Instant) -> TaskReport {
+    TaskReport {
+        task: task.id,
+        result: TaskResult {
+            outcome: Outcome::NoStatus,
+            exit_code: Some(exit),
+            duration_ms: started.elapsed().as_millis() as u64,
+            executed: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_the_users_command_with_our_targets_and_event_file() {
+        let runner = BazelRunner {
+            bazel: "/usr/bin/bazel-real".into(),
+            startup: vec!["--output_user_root=/r".into()],
+            options: vec!["-c".into(), "opt".into(), "--remote_cache=http://c".into()],
+            events_dir: "/tmp/e".into(),
+            batches: 0,
+        };
+        assert_eq!(
+            runner.command_line(
+                &["//a:t", "//b:t"],
+                std::path::Path::new("/tmp/e/batch-1.json")
+            ),
+            [
+                "--output_user_root=/r",
+                "test",
+                "-c",
+                "opt",
+                "--remote_cache=http://c",
+                "--build_event_json_file=/tmp/e/batch-1.json",
+                "--",
+                "//a:t",
+                "//b:t"
+            ]
+        );
+    }
+}

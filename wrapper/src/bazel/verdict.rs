@@ -1,0 +1,94 @@
+//! The exit code of a whole `bazel test` session, in Bazel's terms. Every job computes it from
+//! the same report, so every job exits the same way.
+
+use schemas::{Outcome, SessionReport};
+
+/// Bazel's exit codes.
+pub mod code {
+    /// Every test passed.
+    pub const SUCCESS: i32 = 0;
+    /// The build failed.
+    pub const BUILD_FAILURE: i32 = 1;
+    /// The command line was bad.
+    pub const COMMAND_LINE: i32 = 2;
+    /// The build succeeded but a test failed or timed out.
+    pub const TESTS_FAILED: i32 = 3;
+    /// No test targets matched.
+    pub const NO_TESTS: i32 = 4;
+    /// Interrupted.
+    pub const INTERRUPTED: i32 = 8;
+}
+
+/// The exit code Bazel would give the whole session: a build failure (or a target without a
+/// verdict) outranks a failed test, which outranks "no tests", which outranks success.
+pub fn exit_code(report: &SessionReport) -> i32 {
+    let outcomes = || report.records.iter().map(|r| r.result.outcome);
+    if outcomes().any(|o| o == Outcome::FailedToBuild) {
+        return code::BUILD_FAILURE;
+    }
+    if let Some(record) = report
+        .records
+        .iter()
+        .find(|r| r.result.outcome == Outcome::NoStatus)
+    {
+        // The Bazel that left it without a verdict said why (bad flag: 2, interrupted: 8, ...).
+        return match record.result.exit_code {
+            Some(c) if c != code::SUCCESS && c != code::TESTS_FAILED && c != code::NO_TESTS => c,
+            _ => code::BUILD_FAILURE,
+        };
+    }
+    if outcomes().any(|o| matches!(o, Outcome::Failed | Outcome::TimedOut)) {
+        return code::TESTS_FAILED;
+    }
+    if outcomes().all(|o| o == Outcome::Skipped) {
+        return code::NO_TESTS;
+    }
+    code::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{TaskRecord, TaskResult};
+
+    fn report(outcomes: &[(Outcome, Option<i32>)]) -> SessionReport {
+        SessionReport {
+            schema_name: "bazel test".into(),
+            records: outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, &(outcome, exit_code))| TaskRecord {
+                    task: i as u32,
+                    result: TaskResult {
+                        outcome,
+                        exit_code,
+                        duration_ms: 0,
+                        executed: true,
+                    },
+                    client: "j".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_worst_outcome_decides() {
+        use Outcome::*;
+        let cases: &[(&[(Outcome, Option<i32>)], i32)] = &[
+            (&[(Passed, Some(0)), (Flaky, Some(0))], 0),
+            (&[(Passed, Some(0)), (Skipped, Some(0))], 0),
+            (&[(Passed, Some(3)), (Failed, Some(3))], 3),
+            (&[(TimedOut, Some(3))], 3),
+            (&[(Failed, Some(3)), (FailedToBuild, Some(1))], 1),
+            (&[(Skipped, Some(4)), (Skipped, Some(0))], 4),
+            (&[], 4),
+            (&[(Passed, Some(0)), (NoStatus, Some(2))], 2),
+            (&[(NoStatus, Some(8)), (Failed, Some(3))], 8),
+            (&[(NoStatus, Some(3))], 1),
+            (&[(NoStatus, None)], 1),
+        ];
+        for (outcomes, want) in cases {
+            assert_eq!(exit_code(&report(outcomes)), *want, "{outcomes:?}");
+        }
+    }
+}
