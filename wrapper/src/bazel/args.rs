@@ -147,10 +147,12 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
+    /// argv, then the expected startup options, command, options and patterns.
+    type Case<'a> = (&'a str, &'a [&'a str], Option<&'a str>, &'a [&'a str], &'a [&'a str]);
+
     #[test]
     fn command_lines_split_as_bazel_reads_them() {
-        // (argv, startup, command, options, patterns)
-        let cases: &[(&str, &[&str], Option<&str>, &[&str], &[&str])] = &[
+        let cases: &[Case] = &[
             ("test //...", &[], Some("test"), &[], &["//..."]),
             (
                 "--output_user_root=/x test -c opt //a:b",

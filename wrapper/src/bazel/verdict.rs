@@ -71,10 +71,13 @@ mod tests {
         }
     }
 
+    /// Each target's outcome and its Bazel's exit code, then the session's expected exit code.
+    type Case<'a> = (&'a [(Outcome, Option<i32>)], i32);
+
     #[test]
     fn the_worst_outcome_decides() {
         use Outcome::*;
-        let cases: &[(&[(Outcome, Option<i32>)], i32)] = &[
+        let cases: &[Case] = &[
             (&[(Passed, Some(0)), (Flaky, Some(0))], 0),
             (&[(Passed, Some(0)), (Skipped, Some(0))], 0),
             (&[(Passed, Some(3)), (Failed, Some(3))], 3),
