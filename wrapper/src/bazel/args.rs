@@ -148,7 +148,13 @@ mod tests {
     }
 
     /// argv, then the expected startup options, command, options and patterns.
-    type Case<'a> = (&'a str, &'a [&'a str], Option<&'a str>, &'a [&'a str], &'a [&'a str]);
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Option<&'a str>,
+        &'a [&'a str],
+        &'a [&'a str],
+    );
 
     #[test]
     fn command_lines_split_as_bazel_reads_them() {
