@@ -19,8 +19,10 @@ bin="$repo/target/debug"
 work="$(mktemp -d "${TMPDIR:-/tmp}/task-sharding-demo.XXXXXX")"
 coordinator_pid=""
 cleanup() {
-    for root in "$work"/root-*; do
-        [ -d "$root" ] && /usr/bin/bazel-4 --output_user_root="$root" shutdown >/dev/null 2>&1 || true
+    # Bazel servers outlive their clients; stop each (shutdown must run inside its workspace).
+    for job in job-1 job-2 job-3; do
+        [ -d "$work/root-$job" ] || continue
+        (cd "$work/$job" && /usr/bin/bazel-4 --output_user_root="$work/root-$job" shutdown) >/dev/null 2>&1 || true
     done
     "$repo/scripts/e2e-env.sh" nginx-stop "$work/nginx" >/dev/null 2>&1 || true
     [ -n "$coordinator_pid" ] && kill "$coordinator_pid" 2>/dev/null && wait "$coordinator_pid" 2>/dev/null

@@ -5,6 +5,8 @@
 //! builds them first).
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod bazel;
+
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
