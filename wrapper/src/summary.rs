@@ -33,7 +33,7 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         *counts.entry(result.outcome).or_default() += 1;
         clients.insert(record.client.as_str());
         // Bazel's style: `//a:b  (cached) PASSED in 0.4s`, then who ran it.
-        let cached = if result.executed { "" } else { "(cached) " };
+        let cached = if from_cache(result) { "(cached) " } else { "" };
         let mut detail = format!(
             "{cached}{} in {}",
             result.outcome.label(),
@@ -75,7 +75,7 @@ pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
             .get(record.task as usize)
             .map_or("?", |t| t.task.as_str());
         let result = &record.result;
-        let cached = if result.executed { "" } else { " (cached)" };
+        let cached = if from_cache(result) { " (cached)" } else { "" };
         let _ = writeln!(
             out,
             "| `{text}` | {}{cached} | {} | {} |",
@@ -85,6 +85,16 @@ pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
         );
     }
     out
+}
+
+/// Whether a verdict was served from a cache rather than run: only a test that reached a verdict
+/// without executing. A skipped or unbuilt target did not execute either, but nothing was cached.
+fn from_cache(result: &schemas::TaskResult) -> bool {
+    !result.executed
+        && matches!(
+            result.outcome,
+            Outcome::Passed | Outcome::Failed | Outcome::Flaky | Outcome::TimedOut
+        )
 }
 
 /// Milliseconds as Bazel prints durations: `0.5s`, `12.3s`.
@@ -125,5 +135,34 @@ mod tests {
             lines[3],
             "task-sharding: 1 passed, 1 failed; run by 2 clients"
         );
+    }
+
+    /// Regression: a filtered (skipped) target was shown as "(cached) SKIPPED".
+    #[test]
+    fn only_verdicts_that_did_not_execute_are_cached() {
+        let schema = Schema::new("s", ["hit", "skipped", "unbuilt"]).unwrap();
+        let record = |task, outcome| TaskRecord {
+            task,
+            result: TaskResult {
+                outcome,
+                exit_code: None,
+                duration_ms: 0,
+                executed: false,
+            },
+            client: "a".into(),
+        };
+        let report = SessionReport {
+            schema_name: "s".into(),
+            records: vec![
+                record(0, Outcome::Passed),
+                record(1, Outcome::Skipped),
+                record(2, Outcome::FailedToBuild),
+            ],
+        };
+        let text = render(&schema, &report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "hit      (cached) PASSED in 0.0s  [a]");
+        assert_eq!(lines[2], "skipped  SKIPPED in 0.0s  [a]");
+        assert_eq!(lines[3], "unbuilt  FAILED TO BUILD in 0.0s  [a]");
     }
 }

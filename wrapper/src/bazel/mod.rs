@@ -133,6 +133,10 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         &invocation.options,
         &labels(&schema),
     );
+    let (mut connection, _) = match Connection::connect(&options).await {
+        Ok(connected) => connected,
+        Err(e) => return fall_back(bazel, args, &e.to_string()),
+    };
     let events = match EventsDir::new() {
         Ok(dir) => dir,
         Err(e) => return fall_back(bazel, args, &format!("no directory for build events: {e}")),
@@ -150,11 +154,6 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         session_key: key,
         max_batch: MAX_BATCH,
         interrupt,
-    };
-
-    let (mut connection, _) = match Connection::connect(&options).await {
-        Ok(connected) => connected,
-        Err(e) => return fall_back(bazel, args, &e.to_string()),
     };
     eprintln!(
         "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {})",
