@@ -12,6 +12,7 @@ use std::time::Instant;
 use schemas::{ClientMessage, FrameError, ServerMessage};
 use tokio::sync::mpsc;
 
+use crate::state::history::History;
 use crate::state::{Action, ConnId, Coordinator, Policy};
 
 /// What a connection's task must do next.
@@ -40,10 +41,10 @@ struct Inner {
 }
 
 impl Hub {
-    pub(crate) fn new(policy: Policy) -> Self {
+    pub(crate) fn new(policy: Policy, history: Box<dyn History>) -> Self {
         Hub {
             inner: Mutex::new(Inner {
-                state: Coordinator::new(policy),
+                state: Coordinator::with_history(policy, history),
                 outboxes: HashMap::new(),
                 next_id: 1,
             }),
@@ -80,11 +81,14 @@ impl Hub {
         inner.apply(actions);
     }
 
-    /// Forgets expired sessions.
-    pub(crate) fn expire(&self) {
+    /// Forgets expired sessions and writes the timing history recorded since the last time.
+    pub(crate) fn housekeeping(&self) {
         let mut inner = self.lock();
         for key in inner.state.expire(Instant::now()) {
             tracing::info!(session = %key, "forgot an expired session");
+        }
+        if let Err(e) = inner.state.history_mut().flush() {
+            tracing::warn!("cannot write the timing history: {e}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The task-sharding coordinator.
 //!
 //! - [`state`]: the pure state machine that makes every decision (sessions, leases, results).
+//! - [`history_store`]: the timing history on disk, which the scheduler reads.
 //! - [`tls`]: the certificate the coordinator presents: loaded, or generated and written down so
 //!   clients can trust it.
 //! - [`server`]: the QUIC endpoint and its accept loop; [`connection`] serves one client.
@@ -9,6 +10,7 @@
 //! [`server::Server::run`] their own shutdown future; `main` hands it SIGINT/SIGTERM.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod history_store;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -28,8 +28,8 @@ struct Opt {
     #[arg(long, env = "TASK_SHARDING_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
 
-    /// Where the coordinator keeps its state; the generated certificate goes to STATE_DIR/tls
-    /// unless --tls-dir or --cert say otherwise.
+    /// Where the coordinator keeps its state: the timing history (history.redb), and the
+    /// generated certificate in STATE_DIR/tls unless --tls-dir or --cert say otherwise.
     /// [default: $XDG_STATE_HOME/task-sharding, else ~/.local/state/task-sharding]
     #[arg(long, env = "TASK_SHARDING_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -110,13 +110,11 @@ async fn run(opt: Opt) -> Result<()> {
         std::env::set_current_dir(&dir).context("cannot enter BUILD_WORKING_DIRECTORY")?;
     }
     let token = read_token(&opt)?;
+    let state_dir = state_dir(&opt)?;
     let identity = match (&opt.cert, &opt.key, &opt.tls_dir) {
         (Some(cert), Some(key), _) => TlsIdentity::load(cert, key)?,
         (_, _, Some(dir)) => TlsIdentity::load_or_generate(dir, &tls::default_names(&opt.sans))?,
-        _ => {
-            let dir = state_dir(&opt)?.join("tls");
-            TlsIdentity::load_or_generate(&dir, &tls::default_names(&opt.sans))?
-        }
+        _ => TlsIdentity::load_or_generate(&state_dir.join("tls"), &tls::default_names(&opt.sans))?,
     };
     let cert_path = identity.cert_path.clone();
     let mut config = ServerConfig::new(opt.listen, identity);
@@ -125,9 +123,11 @@ async fn run(opt: Opt) -> Result<()> {
         max_batch: opt.max_batch,
         session_ttl: opt.session_ttl,
         max_sessions: opt.max_sessions,
+        ..Policy::default()
     };
     config.idle_timeout = opt.idle_timeout;
     config.max_connections = opt.max_connections;
+    config.history_path = Some(state_dir.join("history.redb"));
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     println!("coordinator listening on {addr}");

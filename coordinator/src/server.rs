@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// The largest frame accepted.
     pub max_frame_len: usize,
+    /// Where timing history is kept across restarts; `None` keeps it in memory only.
+    pub history_path: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -41,6 +43,7 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(15),
             max_connections: 10_000,
             max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
+            history_path: None,
         }
     }
 }
@@ -82,11 +85,15 @@ impl Server {
             // One stream per client carries the whole conversation.
             .max_concurrent_bidi_streams(1u32.into())
             .max_concurrent_uni_streams(0u32.into());
+        let history: Box<dyn crate::state::history::History> = match &config.history_path {
+            Some(path) => Box::new(crate::history_store::HistoryStore::open(path)?),
+            None => Box::new(crate::state::history::MemoryHistory::default()),
+        };
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(config.policy)),
+            hub: Arc::new(Hub::new(config.policy, history)),
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),
@@ -111,7 +118,7 @@ impl Server {
     /// clients to be told.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.max_connections));
-        let expiry = tokio::spawn(expire_sessions(self.hub.clone()));
+        let housekeeping = tokio::spawn(housekeeping(self.hub.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -136,21 +143,22 @@ impl Server {
                 () = &mut shutdown => break,
             }
         }
-        expiry.abort();
+        housekeeping.abort();
         let (connections, sessions) = self.hub.counts();
         tracing::info!(connections, sessions, "shutting down");
         self.endpoint
             .close(0u32.into(), b"the coordinator is shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        self.hub.housekeeping();
         Ok(())
     }
 }
 
-/// Forgets expired sessions every few seconds.
-async fn expire_sessions(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// Every couple of seconds: forgets expired sessions and writes the timing history.
+async fn housekeeping(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        hub.expire();
+        hub.housekeeping();
     }
 }

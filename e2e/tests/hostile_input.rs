@@ -149,6 +149,7 @@ async fn bad_frames_and_versions_are_refused_while_a_session_completes() {
     let (code, message) = refusal_for(
         &coordinator,
         &framed(&ClientMessage::Request(schemas::WorkRequest {
+            overhead_ms: 0,
             max_tasks: 1,
         })),
     )

@@ -169,7 +169,10 @@ mod tests {
 
     #[test]
     fn decodes_byte_by_byte_and_back_to_back() {
-        let a = ClientMessage::Request(WorkRequest { max_tasks: 3 });
+        let a = ClientMessage::Request(WorkRequest {
+            max_tasks: 3,
+            overhead_ms: 0,
+        });
         let b = ClientMessage::Results(vec![]);
         let mut wire = frame(&a);
         wire.extend_from_slice(&frame(&b));

@@ -87,6 +87,9 @@ pub struct Join {
     pub digest: SchemaDigest,
     /// The tasks this client needs finished.
     pub schema: Schema,
+    /// Where the coordinator files these tasks' timing history, so that the same task in a later
+    /// run (another session) finds it: e.g. `bazel:<repository>` or `run:<schema name>`.
+    pub history_scope: String,
 }
 
 /// A request for work.
@@ -94,6 +97,9 @@ pub struct Join {
 pub struct WorkRequest {
     /// The most tasks the client wants in one assignment (at least one is always given).
     pub max_tasks: u32,
+    /// What starting one batch costs this client, in milliseconds (e.g. a Bazel invocation's
+    /// fixed overhead): the coordinator makes batches long enough to be worth it.
+    pub overhead_ms: u32,
 }
 
 /// One task's result, as a client reports it.
@@ -306,8 +312,11 @@ mod tests {
         future.truncate(4);
         future.extend_from_slice(&[0xff; 3]);
         assert_eq!(peek_protocol_version(&future), Some(9));
-        let request =
-            encode_payload(&ClientMessage::Request(WorkRequest { max_tasks: 1 })).unwrap();
+        let request = encode_payload(&ClientMessage::Request(WorkRequest {
+            max_tasks: 1,
+            overhead_ms: 0,
+        }))
+        .unwrap();
         assert_eq!(peek_protocol_version(&request), None);
     }
 
@@ -335,8 +344,12 @@ mod tests {
                 session_key: "k".into(),
                 digest: schema.digest(),
                 schema: schema.clone(),
+                history_scope: "run:s".into(),
             }),
-            ClientMessage::Request(WorkRequest { max_tasks: 5 }),
+            ClientMessage::Request(WorkRequest {
+                max_tasks: 5,
+                overhead_ms: 10,
+            }),
             ClientMessage::Results(vec![TaskReport {
                 task: 1,
                 result: result.clone(),

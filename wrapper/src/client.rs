@@ -29,6 +29,8 @@ pub enum Event {
 pub struct SessionOptions {
     /// Clients with the same key share the session.
     pub session_key: String,
+    /// Where the coordinator files the tasks' timing history (see [`schemas::Join`]).
+    pub history_scope: String,
     /// The most tasks to take per assignment.
     pub max_batch: u32,
     /// Fires on SIGINT/SIGTERM: the runner is stopped and the run ends with
@@ -50,16 +52,20 @@ pub async fn run_session<R: TaskRunner>(
             session_key: options.session_key.clone(),
             digest: schema.digest(),
             schema: schema.clone(),
+            history_scope: options.history_scope.clone(),
         }))
         .await?;
     match receive(connection, &options.interrupt).await? {
         ServerMessage::Joined(joined) => on_event(Event::Joined(joined)),
         other => return Err(unexpected(&other)),
     }
-    let request = ClientMessage::Request(WorkRequest {
-        max_tasks: options.max_batch,
-    });
-    connection.send(&request).await?;
+    let request = |runner: &R| {
+        ClientMessage::Request(WorkRequest {
+            max_tasks: options.max_batch,
+            overhead_ms: runner.batch_overhead().as_millis().min(u32::MAX as u128) as u32,
+        })
+    };
+    connection.send(&request(runner)).await?;
     loop {
         match receive(connection, &options.interrupt).await? {
             ServerMessage::Assignment(Assignment {
@@ -87,7 +93,7 @@ pub async fn run_session<R: TaskRunner>(
                             .send(&ClientMessage::Results(reports.clone()))
                             .await?;
                         on_event(Event::Reported(reports));
-                        connection.send(&request).await?;
+                        connection.send(&request(runner)).await?;
                     }
                     BatchEnd::Complete(report) => return Ok(report),
                 }

@@ -6,6 +6,7 @@
 //! across tasks). Implement [`TaskRunner`] to shard any kind of work.
 
 use std::future::Future;
+use std::time::Duration;
 
 use schemas::{TaskId, TaskReport};
 use tokio_util::sync::CancellationToken;
@@ -31,4 +32,10 @@ pub trait TaskRunner: Send {
         tasks: &[AssignedTask],
         abort: CancellationToken,
     ) -> impl Future<Output = Vec<TaskReport>> + Send;
+
+    /// What starting one batch costs, beyond the tasks' own durations (a Bazel invocation's
+    /// start-up and analysis, say). The coordinator makes batches long enough to be worth it.
+    fn batch_overhead(&self) -> Duration {
+        Duration::ZERO
+    }
 }

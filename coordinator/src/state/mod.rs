@@ -5,6 +5,8 @@
 //! [`Action`]s it returns. Because nothing here touches a socket or a clock, lease returns,
 //! disconnects and races are tested deterministically (see `tests` below).
 
+pub mod history;
+pub mod scheduler;
 mod session;
 
 use std::collections::HashMap;
@@ -17,7 +19,9 @@ use schemas::{
 };
 use subtle::ConstantTimeEq;
 
-use session::{Session, UnknownTask};
+use history::{History, MemoryHistory};
+use scheduler::{Batching, Order};
+use session::{Scheduling, Session, UnknownTask};
 
 /// Identifies one client connection for the lifetime of the coordinator process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +60,12 @@ pub struct Policy {
     pub session_ttl: Duration,
     /// The most sessions held at once.
     pub max_sessions: usize,
+    /// Queue order.
+    pub order: Order,
+    /// Batch sizing.
+    pub batching: Batching,
+    /// Whether idle clients get backup copies of long tasks still running elsewhere.
+    pub backups: bool,
 }
 
 impl Default for Policy {
@@ -65,6 +75,9 @@ impl Default for Policy {
             max_batch: 50,
             session_ttl: Duration::from_secs(600),
             max_sessions: 1000,
+            order: Order::LongestFirst,
+            batching: Batching::Guided,
+            backups: true,
         }
     }
 }
@@ -92,16 +105,29 @@ pub struct Coordinator {
     clients: HashMap<ConnId, Client>,
     /// Sessions by key.
     sessions: HashMap<String, Session>,
+    /// How long tasks took before.
+    history: Box<dyn History>,
 }
 
 impl Coordinator {
-    /// A coordinator with no sessions.
+    /// A coordinator with no sessions and history kept in memory.
     pub fn new(policy: Policy) -> Self {
+        Self::with_history(policy, Box::new(MemoryHistory::default()))
+    }
+
+    /// A coordinator with no sessions, reading and writing timing history in `history`.
+    pub fn with_history(policy: Policy, history: Box<dyn History>) -> Self {
         Coordinator {
             policy,
             clients: HashMap::new(),
             sessions: HashMap::new(),
+            history,
         }
+    }
+
+    /// The timing history, e.g. to persist what was recorded.
+    pub fn history_mut(&mut self) -> &mut dyn History {
+        self.history.as_mut()
     }
 
     /// A connection opened.
@@ -127,19 +153,21 @@ impl Coordinator {
                 "hello was sent twice".into(),
             ),
             (true, ClientMessage::Join(join)) => self.join(conn, join, now),
-            (true, ClientMessage::Request(request)) => {
-                let max_batch = self.policy.max_batch;
-                match self.session_of(conn) {
-                    Some(session) => session.request(conn, request.max_tasks, max_batch),
-                    None => refuse(
-                        conn,
-                        ErrorCode::ProtocolViolation,
-                        "asked for work before joining a session".into(),
-                    ),
-                }
-            }
-            (true, ClientMessage::Results(reports)) => match self.session_of(conn) {
-                Some(session) => match session.report(conn, reports, now) {
+            (true, ClientMessage::Request(request)) => match self.session_of(conn) {
+                Some(session) => session.request(conn, request.max_tasks, request.overhead_ms, now),
+                None => refuse(
+                    conn,
+                    ErrorCode::ProtocolViolation,
+                    "asked for work before joining a session".into(),
+                ),
+            },
+            (true, ClientMessage::Results(reports)) => match self
+                .clients
+                .get(&conn)
+                .and_then(|c| c.session.as_ref())
+                .and_then(|key| self.sessions.get_mut(key))
+            {
+                Some(session) => match session.report(conn, reports, self.history.as_mut(), now) {
                     Ok(actions) => actions,
                     Err(UnknownTask(task)) => refuse(
                         conn,
@@ -269,6 +297,13 @@ impl Coordinator {
                 format!("the session key must have 1 to {MAX_SESSION_KEY_LEN} bytes"),
             );
         }
+        if join.history_scope.len() > MAX_SESSION_KEY_LEN {
+            return refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                format!("the history scope must have at most {MAX_SESSION_KEY_LEN} bytes"),
+            );
+        }
         if let Err(e) = join.schema.validate() {
             return refuse(
                 conn,
@@ -320,7 +355,22 @@ impl Coordinator {
             None => {
                 tracing::info!(session = %join.session_key, schema = %join.schema.name,
                     tasks = join.schema.tasks.len(), digest = %digest.short(), "new session");
-                let session = Session::new(join.session_key.clone(), join.schema, digest, now);
+                let known = self.history.lookup(&join.history_scope, &join.schema.tasks);
+                let scheduling = Scheduling {
+                    order: self.policy.order,
+                    batching: self.policy.batching,
+                    backups: self.policy.backups,
+                    max_batch: self.policy.max_batch,
+                };
+                let session = Session::new(
+                    join.session_key.clone(),
+                    join.schema,
+                    digest,
+                    join.history_scope,
+                    &known,
+                    scheduling,
+                    now,
+                );
                 self.sessions.insert(join.session_key.clone(), session);
                 true
             }

@@ -9,7 +9,22 @@ use schemas::{
     TaskRecord, TaskReport,
 };
 
+use super::history::History;
+use super::scheduler::{self, Batching, Order};
 use super::{Action, ConnId};
+
+/// How a session schedules, from the coordinator's policy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scheduling {
+    /// Queue order.
+    pub(crate) order: Order,
+    /// Batch sizing.
+    pub(crate) batching: Batching,
+    /// Whether idle clients get backup copies of long tasks still running elsewhere.
+    pub(crate) backups: bool,
+    /// The most tasks in one assignment.
+    pub(crate) max_batch: u32,
+}
 
 /// Where one task stands.
 #[derive(Debug, Clone)]
@@ -20,6 +35,10 @@ enum Slot {
     Leased {
         /// The connection holding the lease.
         holder: ConnId,
+        /// When it was handed out.
+        since: Instant,
+        /// A second client running a backup copy; the first result wins.
+        backup: Option<ConnId>,
     },
     /// Finished; the result is final.
     Done(TaskRecord),
@@ -30,8 +49,20 @@ enum Slot {
 struct Member {
     /// The client's chosen name, recorded next to the results it produces.
     client_id: String,
-    /// `Some(max_tasks)` while the client has asked for work and not been given any.
-    waiting: Option<u32>,
+    /// `Some(request)` while the client has asked for work and not been given any.
+    waiting: Option<Waiting>,
+    /// The tasks of its last assignment it has not reported yet (a backup copy is only made of a
+    /// task that is a batch on its own, so aborting it stops nothing else).
+    running: Vec<TaskId>,
+}
+
+/// A pending request for work.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// The most tasks it takes at once.
+    limit: u32,
+    /// Its per-batch overhead, in milliseconds.
+    overhead_ms: u64,
 }
 
 /// What [`Session::report`] refuses.
@@ -43,14 +74,27 @@ pub(crate) struct UnknownTask(pub(crate) TaskId);
 pub(crate) struct Session {
     /// The key clients joined under.
     key: String,
-    /// The tasks, for names in logs.
+    /// The tasks, for names in logs and history.
     schema: Arc<Schema>,
     /// The schema's digest, which every later join must match.
     digest: SchemaDigest,
+    /// Where the tasks' timing history is filed.
+    history_scope: String,
+    /// How to schedule.
+    scheduling: Scheduling,
+    /// Expected duration of each task, in milliseconds.
+    estimates: Vec<u64>,
+    /// Whether each task's estimate came from its history (else it is a stand-in).
+    known: Vec<bool>,
+    /// Sum and count of the durations executed in this session, whose mean replaces the
+    /// stand-in estimates once there is one.
+    observed: (u64, u64),
     /// One slot per task, indexed by task id.
     slots: Vec<Slot>,
     /// Queued task ids, next first. Returned leases go to the front: they were started first.
     queue: VecDeque<TaskId>,
+    /// The expected work in `queue`, in milliseconds.
+    queued_work_ms: u64,
     /// The connected clients. A `BTreeMap` so that iteration order, and so every decision, is
     /// deterministic.
     members: BTreeMap<ConnId, Member>,
@@ -67,15 +111,32 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A new session whose tasks are all queued, in schema order.
-    pub(crate) fn new(key: String, schema: Schema, digest: SchemaDigest, now: Instant) -> Self {
+    /// A new session whose tasks are queued in the policy's order, using `known` durations.
+    pub(crate) fn new(
+        key: String,
+        schema: Schema,
+        digest: SchemaDigest,
+        history_scope: String,
+        known: &[Option<u64>],
+        scheduling: Scheduling,
+        now: Instant,
+    ) -> Self {
         let count = schema.tasks.len();
+        let (estimates, known_count) = scheduler::fill_estimates(known, DEFAULT_ESTIMATE_MS);
+        let queue = scheduler::initial_queue(&estimates, scheduling.order);
+        tracing::info!(session = %key, tasks = count, with_history = known_count, "scheduling");
         let mut session = Session {
             key,
             schema: Arc::new(schema),
             digest,
+            history_scope,
+            scheduling,
+            queued_work_ms: estimates.iter().sum(),
+            estimates,
+            known: known.iter().map(Option::is_some).collect(),
+            observed: (0, 0),
             slots: vec![Slot::Queued; count],
-            queue: (0..count as TaskId).collect(),
+            queue,
             members: BTreeMap::new(),
             waiting: VecDeque::new(),
             remaining: count,
@@ -124,6 +185,7 @@ impl Session {
             Member {
                 client_id,
                 waiting: None,
+                running: Vec::new(),
             },
         );
         self.empty_since = None;
@@ -141,66 +203,100 @@ impl Session {
     }
 
     /// The client asks for up to `max_tasks` tasks; it gets them now or when some free up.
-    pub(crate) fn request(&mut self, conn: ConnId, max_tasks: u32, policy_max: u32) -> Vec<Action> {
+    pub(crate) fn request(
+        &mut self,
+        conn: ConnId,
+        max_tasks: u32,
+        overhead_ms: u32,
+        now: Instant,
+    ) -> Vec<Action> {
         if self.is_complete() {
             // The client has (or is about to get) `Complete`; nothing more to hand out.
             return Vec::new();
         }
+        let max_batch = self.scheduling.max_batch;
         let Some(member) = self.members.get_mut(&conn) else {
             return Vec::new();
         };
-        let limit = max_tasks.clamp(1, policy_max.max(1));
-        if member.waiting.replace(limit).is_none() {
+        member.running.clear();
+        let request = Waiting {
+            limit: max_tasks.clamp(1, max_batch.max(1)),
+            overhead_ms: u64::from(overhead_ms),
+        };
+        if member.waiting.replace(request).is_none() {
             self.waiting.push_back(conn);
         }
-        self.dispatch()
+        self.dispatch(now)
     }
 
-    /// Records results reported by `conn`. A result counts once: only the client holding the
-    /// task's lease may report it, and a late or duplicate report is ignored.
+    /// Records results reported by `conn`. A result counts once: only a client running the task
+    /// (its lease holder, or the one with its backup copy) may report it; the first report wins
+    /// and the other copy is aborted; a late or duplicate report is ignored. Executed durations
+    /// go into the timing history.
     pub(crate) fn report(
         &mut self,
         conn: ConnId,
         reports: Vec<TaskReport>,
+        history: &mut dyn History,
         now: Instant,
     ) -> Result<Vec<Action>, UnknownTask> {
         if let Some(bad) = reports.iter().find(|r| r.task as usize >= self.slots.len()) {
             return Err(UnknownTask(bad.task));
         }
-        let Some(member) = self.members.get(&conn) else {
+        let Some(member) = self.members.get_mut(&conn) else {
             return Ok(Vec::new());
         };
+        member
+            .running
+            .retain(|t| !reports.iter().any(|r| r.task == *t));
         let client_id = member.client_id.clone();
+        let mut actions = Vec::new();
         for TaskReport { task, result } in reports {
             let slot = &mut self.slots[task as usize];
-            match slot {
-                Slot::Leased { holder } if *holder == conn => {
-                    tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
-                    *slot = Slot::Done(TaskRecord {
-                        task,
-                        result,
-                        client: client_id.clone(),
-                    });
-                    self.remaining -= 1;
-                }
+            let loser = match slot {
+                Slot::Leased { holder, backup, .. } if *holder == conn => backup.take(),
+                Slot::Leased { holder, backup, .. } if *backup == Some(conn) => Some(*holder),
                 Slot::Done(_) => {
-                    tracing::debug!(session = %self.key, task, "ignored a late or duplicate result")
+                    tracing::debug!(session = %self.key, task, "ignored a late or duplicate result");
+                    continue;
                 }
                 Slot::Leased { .. } | Slot::Queued => {
                     tracing::warn!(session = %self.key, task, client = %client_id,
-                        "ignored a result for a task not leased to this client")
+                        "ignored a result for a task not leased to this client");
+                    continue;
                 }
+            };
+            tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
+            if result.executed {
+                let text = &self.schema.tasks[task as usize].task;
+                history.record(&self.history_scope, text, result.duration_ms);
+                self.observed.0 += result.duration_ms;
+                self.observed.1 += 1;
+            }
+            *slot = Slot::Done(TaskRecord {
+                task,
+                result,
+                client: client_id.clone(),
+            });
+            self.remaining -= 1;
+            if let Some(loser) = loser {
+                tracing::info!(session = %self.key, task, "the other copy of a task lost; aborting it");
+                if let Some(member) = self.members.get_mut(&loser) {
+                    member.running.retain(|t| *t != task);
+                }
+                actions.push(Action::send(loser, ServerMessage::Abort(vec![task])));
             }
         }
         if self.remaining == 0 && !self.is_complete() {
             self.complete(now);
-            return Ok(self.broadcast_report());
+            actions.extend(self.broadcast_report());
         }
-        Ok(Vec::new())
+        Ok(actions)
     }
 
     /// Removes a client. Its leased tasks go back to the front of the queue and on to any client
-    /// waiting for work, at once.
+    /// waiting for work, at once — unless another client runs a backup copy, which then holds
+    /// the lease.
     pub(crate) fn leave(&mut self, conn: ConnId, now: Instant) -> Vec<Action> {
         if self.members.remove(&conn).is_none() {
             return Vec::new();
@@ -209,13 +305,28 @@ impl Session {
         if self.members.is_empty() {
             self.empty_since = Some(now);
         }
-        let returned: Vec<TaskId> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, slot)| matches!(slot, Slot::Leased { holder } if *holder == conn))
-            .map(|(task, _)| task as TaskId)
-            .collect();
+        let mut returned = Vec::new();
+        for (task, slot) in self.slots.iter_mut().enumerate() {
+            let Slot::Leased {
+                holder,
+                backup,
+                since,
+            } = slot
+            else {
+                continue;
+            };
+            if *backup == Some(conn) {
+                *backup = None;
+            } else if *holder == conn {
+                match backup.take() {
+                    Some(copy) => {
+                        *holder = copy;
+                        *since = now;
+                    }
+                    None => returned.push(task as TaskId),
+                }
+            }
+        }
         if !returned.is_empty() {
             tracing::info!(session = %self.key, tasks = returned.len(),
                 "a client left holding leases; its tasks go back to the queue");
@@ -223,24 +334,53 @@ impl Session {
         for &task in returned.iter().rev() {
             self.slots[task as usize] = Slot::Queued;
             self.queue.push_front(task);
+            self.queued_work_ms += self.estimates[task as usize];
         }
-        self.dispatch()
+        self.dispatch(now)
     }
 
-    /// Hands queued tasks to waiting clients, oldest request first.
-    fn dispatch(&mut self) -> Vec<Action> {
+    /// Hands queued tasks to waiting clients, oldest request first; with the queue empty, gives
+    /// idle clients backup copies of long tasks still running elsewhere.
+    fn dispatch(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        while !self.queue.is_empty() {
-            let Some(conn) = self.waiting.pop_front() else {
-                break;
+        while let Some(&conn) = self.waiting.front() {
+            let request = self.members[&conn].waiting.expect("a waiter has a request");
+            let batch = if self.queue.is_empty() {
+                match self.backup_candidate(conn, request.overhead_ms, now) {
+                    Some(task) => {
+                        if let Slot::Leased { backup, .. } = &mut self.slots[task as usize] {
+                            *backup = Some(conn);
+                        }
+                        tracing::info!(session = %self.key, task, "handing out a backup copy of a long task");
+                        vec![task]
+                    }
+                    None => break,
+                }
+            } else {
+                let len = scheduler::batch_len(
+                    &self.queue,
+                    &self.estimates,
+                    self.queued_work_ms,
+                    self.members.len(),
+                    request.overhead_ms,
+                    request.limit,
+                    self.scheduling.batching,
+                );
+                let batch: Vec<TaskId> = self.queue.drain(..len).collect();
+                for &task in &batch {
+                    self.queued_work_ms -= self.estimates[task as usize];
+                    self.slots[task as usize] = Slot::Leased {
+                        holder: conn,
+                        since: now,
+                        backup: None,
+                    };
+                }
+                batch
             };
+            self.waiting.pop_front();
             let member = self.members.get_mut(&conn).expect("waiters are members");
-            let limit = member.waiting.take().expect("a waiter has a limit");
-            let size = batch_size(self.queue.len(), self.members.len(), limit);
-            let batch: Vec<TaskId> = self.queue.drain(..size).collect();
-            for &task in &batch {
-                self.slots[task as usize] = Slot::Leased { holder: conn };
-            }
+            member.waiting = None;
+            member.running = batch.clone();
             let progress = Progress {
                 finished: (self.slots.len() - self.remaining) as u32,
                 total: self.slots.len() as u32,
@@ -257,11 +397,47 @@ impl Session {
         actions
     }
 
+    /// The running task most worth a backup copy on `idle`: alone in its holder's batch, without
+    /// a copy yet, and expected to run on for longer than it costs to start a copy. `None` when
+    /// backups are off or nothing qualifies.
+    fn backup_candidate(&self, idle: ConnId, overhead_ms: u64, now: Instant) -> Option<TaskId> {
+        if !self.scheduling.backups {
+            return None;
+        }
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(task, slot)| match slot {
+                Slot::Leased {
+                    holder,
+                    since,
+                    backup: None,
+                } if *holder != idle && self.members[holder].running == [task as TaskId] => {
+                    let elapsed = now.saturating_duration_since(*since).as_millis() as u64;
+                    let left = self.expected(task).saturating_sub(elapsed);
+                    (left > 2 * overhead_ms + MIN_BACKUP_GAIN_MS).then_some((left, task as TaskId))
+                }
+                _ => None,
+            })
+            .max()
+            .map(|(_, task)| task)
+    }
+
+    /// A task's expected duration: its history, else the mean of what ran in this session so
+    /// far, else the stand-in it was queued with.
+    fn expected(&self, task: usize) -> u64 {
+        match self.observed {
+            (sum, count) if !self.known[task] && count > 0 => sum / count,
+            _ => self.estimates[task],
+        }
+    }
+
     fn complete(&mut self, now: Instant) {
         self.completed_at = Some(now);
         self.waiting.clear();
         for member in self.members.values_mut() {
             member.waiting = None;
+            member.running.clear();
         }
         let records = self
             .slots
@@ -286,36 +462,21 @@ impl Session {
             .collect()
     }
 
-    /// Tasks currently leased to `conn`, for tests and logs.
+    /// Tasks currently leased to `conn` (as holder), for tests.
     #[cfg(test)]
     pub(crate) fn leased_to(&self, conn: ConnId) -> Vec<TaskId> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| matches!(slot, Slot::Leased { holder } if *holder == conn))
+            .filter(|(_, slot)| matches!(slot, Slot::Leased { holder, .. } if *holder == conn))
             .map(|(task, _)| task as TaskId)
             .collect()
     }
 }
 
-/// Guided self-scheduling: a share of what is queued that shrinks as the queue drains, so early
-/// batches save round trips and the last tasks spread evenly across the clients.
-fn batch_size(queued: usize, members: usize, limit: u32) -> usize {
-    let share = queued.div_ceil(2 * members.max(1));
-    share.clamp(1, limit as usize).min(queued)
-}
+/// The expected duration of a task nothing is known about, when nothing in its session is known
+/// either. Only its relation to the others matters: equal estimates keep the listed order.
+const DEFAULT_ESTIMATE_MS: u64 = 1000;
 
-#[cfg(test)]
-mod tests {
-    use super::batch_size;
-
-    #[test]
-    fn batches_shrink_as_the_queue_drains() {
-        assert_eq!(batch_size(100, 2, 50), 25);
-        assert_eq!(batch_size(100, 2, 10), 10);
-        assert_eq!(batch_size(3, 4, 50), 1);
-        assert_eq!(batch_size(1, 1, 50), 1);
-        assert_eq!(batch_size(5, 1, 1), 1);
-        assert_eq!(batch_size(0, 1, 5), 0);
-    }
-}
+/// A backup copy must be expected to save at least this much, beyond twice the overhead.
+const MIN_BACKUP_GAIN_MS: u64 = 10;

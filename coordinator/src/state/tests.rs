@@ -71,12 +71,28 @@ impl World {
                 session_key: key.into(),
                 digest: schema.digest(),
                 schema: schema.clone(),
+                history_scope: format!("scope:{}", schema.name),
             }),
         )
     }
 
     fn request(&mut self, conn: u64, max_tasks: u32) -> Vec<Action> {
-        self.send(conn, ClientMessage::Request(WorkRequest { max_tasks }))
+        self.request_with_overhead(conn, max_tasks, 0)
+    }
+
+    fn request_with_overhead(
+        &mut self,
+        conn: u64,
+        max_tasks: u32,
+        overhead_ms: u32,
+    ) -> Vec<Action> {
+        self.send(
+            conn,
+            ClientMessage::Request(WorkRequest {
+                max_tasks,
+                overhead_ms,
+            }),
+        )
     }
 
     fn report(&mut self, conn: u64, reports: Vec<TaskReport>) -> Vec<Action> {
@@ -262,6 +278,7 @@ fn a_digest_that_does_not_match_the_schema_is_refused() {
             session_key: "k".into(),
             digest: schema("other", 1).digest(),
             schema: schema("s", 1),
+            history_scope: String::new(),
         }),
     );
     assert_eq!(refusal(&actions, 1).0, ErrorCode::InvalidSchema);
@@ -432,4 +449,176 @@ fn batches_follow_the_clients_limit_and_the_policy() {
         1,
         "at least one"
     );
+}
+
+fn report_of(task: TaskId, ms: u64, executed: bool) -> TaskReport {
+    TaskReport {
+        task,
+        result: TaskResult {
+            outcome: Outcome::Passed,
+            exit_code: Some(0),
+            duration_ms: ms,
+            executed,
+        },
+    }
+}
+
+/// The tasks aborted on `conn` in `actions`, if any.
+fn aborted(actions: &[Action], conn: u64) -> Option<Vec<TaskId>> {
+    actions.iter().find_map(|action| match action {
+        Action::Send(c, message) if *c == ConnId(conn) => match &**message {
+            ServerMessage::Abort(tasks) => Some(tasks.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+#[test]
+fn history_puts_the_longest_tasks_first_in_the_next_session() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 4);
+    // A first run records how long each task took when it actually ran (not cache hits).
+    world.join(1, "run-1", &schema);
+    let mut all = Vec::new();
+    while all.len() < 4 {
+        all.extend(assignment(&world.request(1, 10), 1).unwrap());
+    }
+    assert_eq!(all, vec![0, 1, 2, 3], "without history: the listed order");
+    world.report(
+        1,
+        vec![
+            report_of(0, 100, true),
+            report_of(1, 900, true),
+            report_of(2, 5000, false),
+            report_of(3, 300, true),
+        ],
+    );
+    // The next run of the same scope: longest first. The cache hit's 5000 ms taught nothing,
+    // so task 2 gets the median of the known ones (300 ms), ties with task 3 and keeps its
+    // listed place before it.
+    world.join(2, "run-2", &schema);
+    let order: Vec<TaskId> = (0..4)
+        .map(|_| {
+            let batch = assignment(&world.request(2, 1), 2).unwrap();
+            world.report(2, batch.iter().map(|&t| report_of(t, 1, true)).collect());
+            batch[0]
+        })
+        .collect();
+    assert_eq!(order, vec![1, 2, 3, 0]);
+}
+
+#[test]
+fn a_backup_copy_races_a_long_task_and_the_loser_is_aborted() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    world
+        .coordinator
+        .history_mut()
+        .record("scope:s", "task-0", 60_000);
+    world
+        .coordinator
+        .history_mut()
+        .record("scope:s", "task-1", 10);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(
+        assignment(&world.request(1, 1), 1),
+        Some(vec![0]),
+        "longest first"
+    );
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![1]));
+    world.report(2, vec![report_of(1, 10, true)]);
+    // Client 2 is idle with nothing queued, while task 0 has ~60 s to go on client 1.
+    assert_eq!(
+        assignment(&world.request(2, 1), 2),
+        Some(vec![0]),
+        "a backup copy"
+    );
+    assert_eq!(
+        world.leased_to("k", 1),
+        vec![0],
+        "client 1 still holds the lease"
+    );
+    // The copy finishes first: its result counts, the original is aborted, and the session
+    // completes with task 0 recorded once, from client 2.
+    world.now += Duration::from_secs(5);
+    let actions = world.report(2, vec![report_of(0, 5_000, true)]);
+    assert_eq!(aborted(&actions, 1), Some(vec![0]));
+    let report = complete_report(&actions, 1).expect("complete");
+    assert_eq!(report.records[0].client, "job-2");
+    // The original's late result changes nothing.
+    assert!(world.report(1, vec![report_of(0, 60_000, true)]).is_empty());
+}
+
+#[test]
+fn a_backup_takes_over_when_the_original_holder_dies() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    world
+        .coordinator
+        .history_mut()
+        .record("scope:s", "task-0", 60_000);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![1]));
+    world.report(2, vec![report_of(1, 10, true)]);
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![0]));
+    // Client 1 dies: the task is not queued again (client 2 runs it already).
+    assert!(world.disconnect(1).is_empty());
+    assert_eq!(world.leased_to("k", 2), vec![0]);
+    let done = world.report(2, vec![report_of(0, 100, true)]);
+    assert!(complete_report(&done, 2).is_some());
+}
+
+#[test]
+fn backups_are_only_made_of_long_single_task_batches_when_enabled() {
+    let schema = schema("s", 3);
+    // Off by policy: the idle client just waits.
+    let mut world = World::new(Policy {
+        backups: false,
+        ..Policy::default()
+    });
+    world
+        .coordinator
+        .history_mut()
+        .record("scope:s", "task-0", 60_000);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    // Client 2 takes everything else, then finds nothing to do: it waits, with no copy made.
+    while let Some(batch) = assignment(&world.request(2, 5), 2) {
+        world.report(2, batch.iter().map(|&t| report_of(t, 10, true)).collect());
+    }
+    assert!(world.leased_to("k", 2).is_empty());
+
+    // On, but the long task shares its batch with others: no copy (aborting it would stop them).
+    let mut world = World::new(Policy::default());
+    world
+        .coordinator
+        .history_mut()
+        .record("scope:s", "task-0", 60_000);
+    world.join(1, "k", &schema);
+    // A large per-batch overhead makes the batch take all three.
+    let batch = assignment(&world.request_with_overhead(1, 3, 100_000), 1).unwrap();
+    assert_eq!(batch.len(), 3);
+    world.join(2, "k", &schema);
+    assert!(world.request(2, 1).is_empty());
+}
+
+#[test]
+fn the_order_and_batching_of_the_original_project_are_available() {
+    let mut world = World::new(Policy {
+        order: Order::Listed,
+        batching: Batching::Single,
+        ..Policy::default()
+    });
+    let schema = schema("s", 3);
+    world
+        .coordinator
+        .history_mut()
+        .record("scope:s", "task-2", 60_000);
+    world.join(1, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 10), 1), Some(vec![0]));
 }

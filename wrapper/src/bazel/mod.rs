@@ -147,11 +147,13 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         options: invocation.options.clone(),
         events_dir: events.path().to_path_buf(),
         batches: 0,
+        overhead: runner::INITIAL_OVERHEAD,
     };
     let interrupt = CancellationToken::new();
     tokio::spawn(crate::run_command::cancel_on_signal(interrupt.clone()));
     let session = SessionOptions {
         session_key: key,
+        history_scope: format!("bazel:{}", repository_identity()),
         max_batch: MAX_BATCH,
         interrupt,
     };
@@ -222,6 +224,32 @@ fn head_commit() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "no-git".into())
+}
+
+/// What names this repository across runs, for the timing history: `TASK_SHARDING_HISTORY_SCOPE`,
+/// else the `origin` remote's URL, else the CI's repository name, else the workspace directory.
+fn repository_identity() -> String {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    env("TASK_SHARDING_HISTORY_SCOPE")
+        .or_else(|| {
+            std::process::Command::new("git")
+                .args(["config", "--get", "remote.origin.url"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|url| !url.is_empty())
+        })
+        .or_else(|| env("GITHUB_REPOSITORY"))
+        .or_else(|| env("CI_PROJECT_PATH"))
+        .or_else(|| env("BUILDKITE_REPO"))
+        .or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn labels(schema: &Schema) -> Vec<String> {

@@ -32,7 +32,12 @@ pub struct BazelRunner {
     pub events_dir: PathBuf,
     /// Batches run so far, to name their event files.
     pub batches: u32,
+    /// What one Bazel invocation costs beyond its tests, as measured on earlier batches.
+    pub overhead: Duration,
 }
+
+/// The overhead assumed before the first batch has been measured.
+pub const INITIAL_OVERHEAD: Duration = Duration::from_secs(1);
 
 impl BazelRunner {
     /// The argv (after the program) for one batch.
@@ -86,7 +91,7 @@ impl TaskRunner for BazelRunner {
             }
         };
         let events = BatchEvents::parse(&std::fs::read_to_string(&events_file).unwrap_or_default());
-        tasks
+        let reports: Vec<TaskReport> = tasks
             .iter()
             .map(|task| {
                 let result = match events.result(&task.text) {
@@ -108,7 +113,20 @@ impl TaskRunner for BazelRunner {
                     result,
                 }
             })
-            .collect()
+            .collect();
+        // Tests in a batch run in parallel, so the overhead is the wall time beyond the longest.
+        let longest = reports
+            .iter()
+            .map(|r| r.result.duration_ms)
+            .max()
+            .unwrap_or(0);
+        let measured = (started.elapsed().as_millis() as u64).saturating_sub(longest);
+        self.overhead = (self.overhead + Duration::from_millis(measured)) / 2;
+        reports
+    }
+
+    fn batch_overhead(&self) -> Duration {
+        self.overhead
     }
 }
 
@@ -144,6 +162,7 @@ mod tests {
             options: vec!["-c".into(), "opt".into(), "--remote_cache=http://c".into()],
             events_dir: "/tmp/e".into(),
             batches: 0,
+            overhead: INITIAL_OVERHEAD,
         };
         assert_eq!(
             runner.command_line(
