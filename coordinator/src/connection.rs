@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use schemas::{ClientMessage, FrameError, MessageCodec, ServerMessage};
 use tokio::time::timeout;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tracing::Instrument as _;
 
 use crate::hub::{Hub, Outgoing};
@@ -72,7 +72,7 @@ async fn pump(
     limits: Limits,
 ) -> String {
     let mut reader = FramedRead::new(recv, Codec::new(limits.max_frame_len));
-    let mut writer = FramedWrite::new(send, Codec::new(limits.max_frame_len));
+    let mut send = send;
     // The hello must come promptly; after it, QUIC's idle timeout is the only clock.
     let hello_deadline = tokio::time::sleep(limits.hello);
     tokio::pin!(hello_deadline);
@@ -101,16 +101,17 @@ async fn pump(
                 None => return "the client finished its stream".into(),
             },
             outgoing = outbox.recv() => match outgoing {
-                Some(Outgoing::Message(message)) => {
-                    if let ServerMessage::Error(e) = &*message {
-                        last_error = Some(e.message.clone());
+                Some(Outgoing::Frame { bytes, error }) => {
+                    if error.is_some() {
+                        last_error = error;
                     }
-                    if let Err(e) = writer.send(&message).await {
+                    // `write_chunk` queues the shared bytes without copying them.
+                    if let Err(e) = send.write_chunk(bytes).await {
                         return format!("write failed: {e}");
                     }
                 }
                 Some(Outgoing::Close) | None => {
-                    close_gracefully(connection, writer.into_inner(), last_error.as_deref()).await;
+                    close_gracefully(connection, send, last_error.as_deref()).await;
                     return match last_error {
                         Some(e) => format!("refused: {e}"),
                         None => "closed".into(),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
 use schemas::{ClientMessage, FrameError, ServerMessage};
 use tokio::sync::mpsc;
 
@@ -18,8 +19,14 @@ use crate::state::{Action, ConnId, Coordinator, Policy};
 /// What a connection's task must do next.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// Write this message.
-    Message(Arc<ServerMessage>),
+    /// Write this frame. A message for many connections (a session's final report) is encoded
+    /// once and the same bytes are queued on each, without copies.
+    Frame {
+        /// The encoded frame.
+        bytes: Bytes,
+        /// The message's text, when it is an error: the close reason that follows it.
+        error: Option<String>,
+    },
     /// Deliver what was written, then close.
     Close,
 }
@@ -38,15 +45,18 @@ struct Inner {
     outboxes: HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>,
     /// The next connection's id.
     next_id: u64,
+    /// The largest frame sent.
+    max_frame_len: usize,
 }
 
 impl Hub {
-    pub(crate) fn new(policy: Policy, history: Box<dyn History>) -> Self {
+    pub(crate) fn new(policy: Policy, history: Box<dyn History>, max_frame_len: usize) -> Self {
         Hub {
             inner: Mutex::new(Inner {
                 state: Coordinator::with_history(policy, history),
                 outboxes: HashMap::new(),
                 next_id: 1,
+                max_frame_len,
             }),
         }
     }
@@ -109,9 +119,30 @@ impl Hub {
 
 impl Inner {
     fn apply(&mut self, actions: Vec<Action>) {
+        // Frames already encoded in this batch of actions, by message: a broadcast is encoded once.
+        let mut encoded: Vec<(Arc<ServerMessage>, Bytes)> = Vec::new();
         for action in actions {
             let (conn, outgoing) = match action {
-                Action::Send(conn, message) => (conn, Outgoing::Message(message)),
+                Action::Send(conn, message) => {
+                    let bytes = match encoded.iter().find(|(m, _)| Arc::ptr_eq(m, &message)) {
+                        Some((_, bytes)) => bytes.clone(),
+                        None => match schemas::encode_frame(&*message, self.max_frame_len) {
+                            Ok(bytes) => {
+                                encoded.push((message.clone(), bytes.clone()));
+                                bytes
+                            }
+                            Err(e) => {
+                                tracing::error!(%conn, "cannot encode a message: {e}");
+                                continue;
+                            }
+                        },
+                    };
+                    let error = match &*message {
+                        ServerMessage::Error(e) => Some(e.message.clone()),
+                        _ => None,
+                    };
+                    (conn, Outgoing::Frame { bytes, error })
+                }
                 Action::Close(conn) => (conn, Outgoing::Close),
             };
             if let Some(outbox) = self.outboxes.get(&conn) {

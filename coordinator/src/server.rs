@@ -93,7 +93,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(config.policy, history)),
+            hub: Arc::new(Hub::new(config.policy, history, config.max_frame_len)),
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),

@@ -63,6 +63,25 @@ pub fn encode_payload<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> 
         .map_err(|e| FrameError::Encode(e.to_string()))
 }
 
+/// Encodes one message as a whole frame (length prefix included), refusing one over
+/// `max_frame_len`. The frame can then be shared by every receiver of the same message.
+pub fn encode_frame<T: Serialize>(
+    message: &T,
+    max_frame_len: usize,
+) -> Result<bytes::Bytes, FrameError> {
+    let payload = encode_payload(message)?;
+    if payload.len() > max_frame_len {
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max: max_frame_len,
+        });
+    }
+    let mut frame = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    frame.put_u32(payload.len() as u32);
+    frame.put_slice(&payload);
+    Ok(frame.freeze())
+}
+
 /// Decodes one message's payload, which must be consumed exactly.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     let undecodable = |reason: String| FrameError::Decode {
@@ -140,16 +159,7 @@ impl<In, Out: Serialize> Encoder<&Out> for MessageCodec<In, Out> {
     type Error = FrameError;
 
     fn encode(&mut self, message: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let payload = encode_payload(message)?;
-        if payload.len() > self.max_frame_len {
-            return Err(FrameError::TooLarge {
-                len: payload.len(),
-                max: self.max_frame_len,
-            });
-        }
-        dst.reserve(HEADER_LEN + payload.len());
-        dst.put_u32(payload.len() as u32);
-        dst.put_slice(&payload);
+        dst.extend_from_slice(&encode_frame(message, self.max_frame_len)?);
         Ok(())
     }
 }

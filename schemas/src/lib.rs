@@ -12,6 +12,6 @@ pub mod frame;
 pub mod protocol;
 pub mod schema;
 
-pub use frame::{FrameError, MessageCodec, DEFAULT_MAX_FRAME_LEN};
+pub use frame::{encode_frame, FrameError, MessageCodec, DEFAULT_MAX_FRAME_LEN};
 pub use protocol::*;
 pub use schema::{Schema, SchemaDigest, SchemaError, Task};
