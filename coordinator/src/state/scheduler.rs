@@ -52,13 +52,16 @@ pub fn initial_queue(estimates: &[u64], order: Order) -> VecDeque<TaskId> {
 
 /// How many tasks from the head of the queue make the next batch.
 ///
-/// Guided: the batch's expected work aims at `queued_work / (2 × clients)` — half a fair share,
-/// so there are always batches left to even out — but at least three times the client's
-/// per-batch overhead, so the overhead stays small beside the work. Always at least one task,
-/// at most `limit`.
+/// Guided self-scheduling: a batch's expected work is half a fair share (`W / 2N`, `W` the
+/// queued work, `N` the clients), which shrinks as the queue drains so the last tasks spread
+/// evenly. Two bounds: at most `4 × sqrt(W × o / N)` (`o` the client's per-batch overhead), so
+/// the first client to join does not take half of everything before the others arrive — that
+/// term balances the overhead of many batches against the imbalance of long ones — and at least
+/// three overheads, so the overhead stays small beside the work. A task longer than the target
+/// goes alone. Always at least one task, at most `limit`.
 pub fn batch_len(
     queue: &VecDeque<TaskId>,
-    estimates: &[u64],
+    estimate: impl Fn(TaskId) -> u64,
     queued_work_ms: u64,
     clients: usize,
     overhead_ms: u64,
@@ -71,16 +74,19 @@ pub fn batch_len(
     if batching == Batching::Single {
         return 1;
     }
-    let share = queued_work_ms / (2 * clients.max(1) as u64);
-    let target = share.max(3 * overhead_ms);
+    let clients = clients.max(1) as u64;
+    let share = queued_work_ms / (2 * clients);
+    let balanced =
+        (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / clients as f64).sqrt()) as u64;
+    let target = balanced.min(share).max(3 * overhead_ms);
     let mut len = 0;
     let mut work = 0;
     for &task in queue.iter().take(limit.max(1) as usize) {
-        let estimate = estimates[task as usize];
-        if len > 0 && work + estimate > target {
+        let expected = estimate(task);
+        if len > 0 && work + expected > target {
             break;
         }
-        work += estimate;
+        work += expected;
         len += 1;
     }
     len
@@ -109,38 +115,45 @@ mod tests {
     }
 
     #[test]
-    fn batches_aim_at_half_a_fair_share_and_amortise_overhead() {
-        let estimates = vec![10; 100];
-        let queue: VecDeque<TaskId> = (0..100).collect();
-        // 1000 ms of work, 2 clients: aim at 250 ms = 25 tasks.
+    fn batches_balance_overhead_against_imbalance() {
+        // One long task and many short ones: 1000 ms + 100 × 10 ms, longest first.
+        let mut estimates = vec![1000];
+        estimates.extend([10; 100]);
+        let estimate = |t: TaskId| estimates[t as usize];
+        let guided = |queue: &VecDeque<TaskId>, work, clients, overhead, limit| {
+            batch_len(
+                queue,
+                estimate,
+                work,
+                clients,
+                overhead,
+                limit,
+                Batching::Guided,
+            )
+        };
+        let all: VecDeque<TaskId> = (0..101).collect();
+        let short: VecDeque<TaskId> = (1..101).collect();
+        // The long task goes alone.
+        assert_eq!(guided(&all, 2000, 2, 4, 1000), 1);
+        // 1000 ms of short work, 2 clients, 1 ms overhead: 4 × sqrt(1000 × 1 / 2) ≈ 89 ms.
+        assert_eq!(guided(&short, 1000, 2, 1, 1000), 8);
+        // More overhead, longer batches (4 × sqrt(1000 × 4 / 2) ≈ 178 ms) ...
+        assert_eq!(guided(&short, 1000, 2, 4, 1000), 17);
+        // ... up to half a fair share: 250 ms.
+        assert_eq!(guided(&short, 1000, 2, 10, 1000), 25);
+        // A large overhead: at least three of them, 300 ms.
+        assert_eq!(guided(&short, 1000, 2, 100, 1000), 30);
+        // ... capped by the client's limit.
+        assert_eq!(guided(&short, 1000, 2, 100, 7), 7);
+        // Near the end, half a fair share is what limits: 60 ms for 3 clients is 10 ms each.
+        let tail: VecDeque<TaskId> = (1..7).collect();
+        assert_eq!(guided(&tail, 60, 3, 3, 1000), 1);
+        // Without overhead there is no reason to batch.
+        assert_eq!(guided(&short, 1000, 2, 0, 1000), 1);
         assert_eq!(
-            batch_len(&queue, &estimates, 1000, 2, 0, 1000, Batching::Guided),
-            25
-        );
-        // The client's limit caps it.
-        assert_eq!(
-            batch_len(&queue, &estimates, 1000, 2, 0, 7, Batching::Guided),
-            7
-        );
-        // Little work left: the overhead floor keeps batches worth starting (3 × 20 ms = 6 tasks).
-        assert_eq!(
-            batch_len(&queue, &estimates, 40, 2, 20, 1000, Batching::Guided),
-            6
-        );
-        // A task longer than the target still goes, alone.
-        let long = vec![5000, 10, 10];
-        let queue: VecDeque<TaskId> = (0..3).collect();
-        assert_eq!(
-            batch_len(&queue, &long, 5020, 4, 0, 1000, Batching::Guided),
+            batch_len(&short, estimate, 1000, 2, 100, 1000, Batching::Single),
             1
         );
-        assert_eq!(
-            batch_len(&queue, &long, 5020, 4, 0, 1000, Batching::Single),
-            1
-        );
-        assert_eq!(
-            batch_len(&VecDeque::new(), &long, 0, 4, 0, 1000, Batching::Guided),
-            0
-        );
+        assert_eq!(guided(&VecDeque::new(), 0, 4, 0, 1000), 0);
     }
 }

@@ -82,19 +82,20 @@ pub(crate) struct Session {
     history_scope: String,
     /// How to schedule.
     scheduling: Scheduling,
-    /// Expected duration of each task, in milliseconds.
-    estimates: Vec<u64>,
-    /// Whether each task's estimate came from its history (else it is a stand-in).
-    known: Vec<bool>,
-    /// Sum and count of the durations executed in this session, whose mean replaces the
-    /// stand-in estimates once there is one.
+    /// Each task's duration from its history, in milliseconds; `None` where unknown.
+    known: Vec<Option<u64>>,
+    /// What an unknown task is expected to take before anything ran: the median of the known
+    /// ones, else a default.
+    initial_stand_in: u64,
+    /// Sum and count of the durations executed in this session; their mean is what an unknown
+    /// task is expected to take once there is one.
     observed: (u64, u64),
     /// One slot per task, indexed by task id.
     slots: Vec<Slot>,
     /// Queued task ids, next first. Returned leases go to the front: they were started first.
     queue: VecDeque<TaskId>,
-    /// The expected work in `queue`, in milliseconds.
-    queued_work_ms: u64,
+    /// The known work in `queue`, in milliseconds, and how many queued tasks are unknown.
+    queued: (u64, u64),
     /// The connected clients. A `BTreeMap` so that iteration order, and so every decision, is
     /// deterministic.
     members: BTreeMap<ConnId, Member>,
@@ -124,6 +125,10 @@ impl Session {
         let count = schema.tasks.len();
         let (estimates, known_count) = scheduler::fill_estimates(known, DEFAULT_ESTIMATE_MS);
         let queue = scheduler::initial_queue(&estimates, scheduling.order);
+        let initial_stand_in = match known.iter().position(Option::is_none) {
+            Some(unknown) => estimates[unknown],
+            None => DEFAULT_ESTIMATE_MS,
+        };
         tracing::info!(session = %key, tasks = count, with_history = known_count, "scheduling");
         let mut session = Session {
             key,
@@ -131,9 +136,12 @@ impl Session {
             digest,
             history_scope,
             scheduling,
-            queued_work_ms: estimates.iter().sum(),
-            estimates,
-            known: known.iter().map(Option::is_some).collect(),
+            queued: (
+                known.iter().flatten().sum(),
+                known.iter().filter(|k| k.is_none()).count() as u64,
+            ),
+            known: known.to_vec(),
+            initial_stand_in,
             observed: (0, 0),
             slots: vec![Slot::Queued; count],
             queue,
@@ -334,7 +342,7 @@ impl Session {
         for &task in returned.iter().rev() {
             self.slots[task as usize] = Slot::Queued;
             self.queue.push_front(task);
-            self.queued_work_ms += self.estimates[task as usize];
+            self.add_queued(task, 1);
         }
         self.dispatch(now)
     }
@@ -359,8 +367,8 @@ impl Session {
             } else {
                 let len = scheduler::batch_len(
                     &self.queue,
-                    &self.estimates,
-                    self.queued_work_ms,
+                    |task| self.expected(task as usize),
+                    self.queued_work_ms(),
                     self.members.len(),
                     request.overhead_ms,
                     request.limit,
@@ -368,7 +376,7 @@ impl Session {
                 );
                 let batch: Vec<TaskId> = self.queue.drain(..len).collect();
                 for &task in &batch {
-                    self.queued_work_ms -= self.estimates[task as usize];
+                    self.add_queued(task, -1);
                     self.slots[task as usize] = Slot::Leased {
                         holder: conn,
                         since: now,
@@ -424,11 +432,36 @@ impl Session {
     }
 
     /// A task's expected duration: its history, else the mean of what ran in this session so
-    /// far, else the stand-in it was queued with.
+    /// far, else the initial stand-in.
     fn expected(&self, task: usize) -> u64 {
+        self.known[task].unwrap_or_else(|| self.stand_in())
+    }
+
+    /// What an unknown task is expected to take now.
+    fn stand_in(&self) -> u64 {
         match self.observed {
-            (sum, count) if !self.known[task] && count > 0 => sum / count,
-            _ => self.estimates[task],
+            (sum, count) if count > 0 => sum / count,
+            _ => self.initial_stand_in,
+        }
+    }
+
+    /// The expected work in the queue, in milliseconds.
+    fn queued_work_ms(&self) -> u64 {
+        self.queued.0 + self.queued.1 * self.stand_in()
+    }
+
+    /// Counts `task` into (`sign` 1) or out of (-1) the queued work.
+    fn add_queued(&mut self, task: TaskId, sign: i8) {
+        let (known, unknown) = match self.known[task as usize] {
+            Some(ms) => (ms, 0),
+            None => (0, 1),
+        };
+        if sign > 0 {
+            self.queued.0 += known;
+            self.queued.1 += unknown;
+        } else {
+            self.queued.0 -= known;
+            self.queued.1 -= unknown;
         }
     }
 
