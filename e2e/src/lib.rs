@@ -59,18 +59,20 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts a coordinator on a free loopback port with a 3 s idle timeout, plus `args`.
+    /// Starts a coordinator on a free loopback port with a 3 s idle timeout (unless `args` set
+    /// one), plus `args`.
     pub fn start(args: &[&str]) -> Result<Coordinator> {
         let dir = tempfile::tempdir()?;
         let log = std::fs::File::create(dir.path().join("coordinator.log"))?;
+        let idle: &[&str] = if args.contains(&"--idle-timeout") {
+            &[]
+        } else {
+            &["--idle-timeout", "3s"]
+        };
         let mut child = Command::new(binary("coordinator"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--idle-timeout",
-                "3s",
-                "--state-dir",
-            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(idle)
+            .arg("--state-dir")
             .arg(dir.path())
             .args(args)
             .env("RUST_LOG", "info")
@@ -106,6 +108,11 @@ impl Coordinator {
     /// The coordinator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

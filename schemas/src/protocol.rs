@@ -7,7 +7,9 @@
 //! client                                   coordinator
 //!   Hello {version, client id, token}  ->
 //!                                      <-  Welcome            (or Error, then close)
-//!   Join {session key, schema, digest} ->
+//!   Join {session key, digest}         ->
+//!                                      <-  NeedSchema         (no such session yet)
+//!   Join {session key, digest, schema} ->
 //!                                      <-  Joined             (or Error, then close)
 //!   Request {max tasks}                ->
 //!                                      <-  Assignment {task ids}   (when there is work)
@@ -78,18 +80,45 @@ pub struct ClientInfo {
 }
 
 /// Enter a session.
+///
+/// A client first joins with the digest only; only when the session does not exist yet does the
+/// coordinator answer [`ServerMessage::NeedSchema`], and the client joins again with the whole
+/// schema. So a large schema crosses the network once per session, not once per client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Join {
     /// Clients presenting the same key share one session.
     pub session_key: String,
-    /// The digest the client computed; the coordinator recomputes it from `schema` and refuses a
-    /// join whose digest differs from the session's.
+    /// The digest of the client's schema; a join whose digest differs from the session's is
+    /// refused. When `schema` is sent, the coordinator recomputes the digest from it.
     pub digest: SchemaDigest,
-    /// The tasks this client needs finished.
-    pub schema: Schema,
+    /// The name and number of tasks of the client's schema, for the message when digests differ.
+    pub schema_name: String,
+    /// See `schema_name`.
+    pub task_count: u32,
+    /// The tasks this client needs finished: sent when the coordinator asks for it.
+    pub schema: Option<Schema>,
     /// Where the coordinator files these tasks' timing history, so that the same task in a later
     /// run (another session) finds it: e.g. `bazel:<repository>` or `run:<schema name>`.
     pub history_scope: String,
+}
+
+impl Join {
+    /// A join for `schema`, with (`with_schema`) or without the schema itself.
+    pub fn new(
+        session_key: String,
+        schema: &Schema,
+        history_scope: String,
+        with_schema: bool,
+    ) -> Join {
+        Join {
+            session_key,
+            digest: schema.digest(),
+            schema_name: schema.name.clone(),
+            task_count: schema.tasks.len() as u32,
+            schema: with_schema.then(|| schema.clone()),
+            history_scope,
+        }
+    }
 }
 
 /// A request for work.
@@ -180,6 +209,8 @@ pub enum ServerMessage {
     Abort(Vec<TaskId>),
     /// Every task of the session has a result.
     Complete(SessionReport),
+    /// No session has this key yet: join again, with the schema, to create it.
+    NeedSchema,
 }
 
 /// Why something was refused, in a form a program can branch on and a person can act on.
@@ -343,7 +374,9 @@ mod tests {
             ClientMessage::Join(Join {
                 session_key: "k".into(),
                 digest: schema.digest(),
-                schema: schema.clone(),
+                schema_name: "s".into(),
+                task_count: 2,
+                schema: Some(schema.clone()),
                 history_scope: "run:s".into(),
             }),
             ClientMessage::Request(WorkRequest {
@@ -379,6 +412,7 @@ mod tests {
                 },
             }),
             ServerMessage::Abort(vec![1]),
+            ServerMessage::NeedSchema,
             ServerMessage::Complete(SessionReport {
                 schema_name: "s".into(),
                 records: vec![TaskRecord {

@@ -47,15 +47,22 @@ pub async fn run_session<R: TaskRunner>(
     options: &SessionOptions,
     mut on_event: impl FnMut(Event),
 ) -> Result<SessionReport, ClientError> {
-    connection
-        .send(&ClientMessage::Join(Join {
-            session_key: options.session_key.clone(),
-            digest: schema.digest(),
-            schema: schema.clone(),
-            history_scope: options.history_scope.clone(),
-        }))
-        .await?;
-    match receive(connection, &options.interrupt).await? {
+    // The digest first; the whole schema only if the session does not exist yet.
+    let join = |with_schema| {
+        ClientMessage::Join(Join::new(
+            options.session_key.clone(),
+            schema,
+            options.history_scope.clone(),
+            with_schema,
+        ))
+    };
+    connection.send(&join(false)).await?;
+    let mut answer = receive(connection, &options.interrupt).await?;
+    if answer == ServerMessage::NeedSchema {
+        connection.send(&join(true)).await?;
+        answer = receive(connection, &options.interrupt).await?;
+    }
+    match answer {
         ServerMessage::Joined(joined) => on_event(Event::Joined(joined)),
         other => return Err(unexpected(&other)),
     }

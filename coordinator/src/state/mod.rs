@@ -304,27 +304,8 @@ impl Coordinator {
                 format!("the history scope must have at most {MAX_SESSION_KEY_LEN} bytes"),
             );
         }
-        if let Err(e) = join.schema.validate() {
-            return refuse(
-                conn,
-                ErrorCode::InvalidSchema,
-                format!("invalid schema: {e}"),
-            );
-        }
-        let digest = join.schema.digest();
-        if digest != join.digest {
-            return refuse(
-                conn,
-                ErrorCode::InvalidSchema,
-                format!(
-                    "the schema's digest is {}, not the {} the client sent",
-                    digest.short(),
-                    join.digest.short()
-                ),
-            );
-        }
-        let created = match self.sessions.get(&join.session_key) {
-            Some(session) if session.digest() != digest => {
+        let created = match (self.sessions.get(&join.session_key), join.schema) {
+            (Some(session), _) if session.digest() != join.digest => {
                 let theirs = session.schema();
                 let message = format!(
                     "session {:?} already runs schema {:?} ({} tasks, digest {}), but this client \
@@ -334,15 +315,17 @@ impl Coordinator {
                     theirs.name,
                     theirs.tasks.len(),
                     session.digest().short(),
-                    join.schema.name,
-                    join.schema.tasks.len(),
-                    digest.short(),
+                    join.schema_name,
+                    join.task_count,
+                    join.digest.short(),
                 );
                 tracing::warn!(session = %join.session_key, client = %client_id, "schema mismatch");
                 return refuse(conn, ErrorCode::SchemaMismatch, message);
             }
-            Some(_) => false,
-            None if self.sessions.len() >= self.policy.max_sessions => {
+            (Some(_), _) => false,
+            // A new session needs its schema: ask for it (the connection stays open).
+            (None, None) => return vec![Action::send(conn, ServerMessage::NeedSchema)],
+            (None, Some(_)) if self.sessions.len() >= self.policy.max_sessions => {
                 return refuse(
                     conn,
                     ErrorCode::Busy,
@@ -352,10 +335,29 @@ impl Coordinator {
                     ),
                 );
             }
-            None => {
-                tracing::info!(session = %join.session_key, schema = %join.schema.name,
-                    tasks = join.schema.tasks.len(), digest = %digest.short(), "new session");
-                let known = self.history.lookup(&join.history_scope, &join.schema.tasks);
+            (None, Some(schema)) => {
+                if let Err(e) = schema.validate() {
+                    return refuse(
+                        conn,
+                        ErrorCode::InvalidSchema,
+                        format!("invalid schema: {e}"),
+                    );
+                }
+                let digest = schema.digest();
+                if digest != join.digest {
+                    return refuse(
+                        conn,
+                        ErrorCode::InvalidSchema,
+                        format!(
+                            "the schema's digest is {}, not the {} the client sent",
+                            digest.short(),
+                            join.digest.short()
+                        ),
+                    );
+                }
+                tracing::info!(session = %join.session_key, schema = %schema.name,
+                    tasks = schema.tasks.len(), digest = %digest.short(), "new session");
+                let known = self.history.lookup(&join.history_scope, &schema.tasks);
                 let scheduling = Scheduling {
                     order: self.policy.order,
                     batching: self.policy.batching,
@@ -364,7 +366,7 @@ impl Coordinator {
                 };
                 let session = Session::new(
                     join.session_key.clone(),
-                    join.schema,
+                    schema,
                     digest,
                     join.history_scope,
                     &known,

@@ -420,7 +420,11 @@ impl Session {
                     holder,
                     since,
                     backup: None,
-                } if *holder != idle && self.members[holder].running == [task as TaskId] => {
+                } if *holder != idle
+                    && self.members[holder].running == [task as TaskId]
+                    // Only on grounds: the task's history, or durations seen in this session.
+                    && (self.known[task].is_some() || self.observed.1 > 0) =>
+                {
                     let elapsed = now.saturating_duration_since(*since).as_millis() as u64;
                     let left = self.expected(task).saturating_sub(elapsed);
                     (left > 2 * overhead_ms + MIN_BACKUP_GAIN_MS).then_some((left, task as TaskId))

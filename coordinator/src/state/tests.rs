@@ -67,12 +67,12 @@ impl World {
         );
         self.send(
             conn,
-            ClientMessage::Join(Join {
-                session_key: key.into(),
-                digest: schema.digest(),
-                schema: schema.clone(),
-                history_scope: format!("scope:{}", schema.name),
-            }),
+            ClientMessage::Join(Join::new(
+                key.into(),
+                schema,
+                format!("scope:{}", schema.name),
+                true,
+            )),
         )
     }
 
@@ -275,10 +275,8 @@ fn a_digest_that_does_not_match_the_schema_is_refused() {
     let actions = world.send(
         1,
         ClientMessage::Join(Join {
-            session_key: "k".into(),
             digest: schema("other", 1).digest(),
-            schema: schema("s", 1),
-            history_scope: String::new(),
+            ..Join::new("k".into(), &schema("s", 1), String::new(), true)
         }),
     );
     assert_eq!(refusal(&actions, 1).0, ErrorCode::InvalidSchema);
@@ -623,4 +621,57 @@ fn the_order_and_batching_of_the_original_project_are_available() {
         .record("scope:s", "task-2", 60_000);
     world.join(1, "k", &schema);
     assert_eq!(assignment(&world.request(1, 10), 1), Some(vec![0]));
+}
+
+#[test]
+fn no_backups_without_grounds_to_expect_a_long_task() {
+    // Nothing known and nothing executed yet (only cache hits): no copies on a guess.
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![1]));
+    world.report(2, vec![report_of(1, 0, false)]);
+    assert!(
+        world.request(2, 1).is_empty(),
+        "client 2 waits instead of copying task 0"
+    );
+}
+
+#[test]
+fn only_the_first_client_sends_the_schema() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 3);
+    let digest_only =
+        |key: &str| ClientMessage::Join(Join::new(key.into(), &schema, "x".into(), false));
+    // No session yet: the coordinator asks for the schema and keeps the connection.
+    world.hello_with(1, None, PROTOCOL_VERSION);
+    let actions = world.send(1, digest_only("k"));
+    assert!(matches!(&actions[..], [Action::Send(_, m)] if **m == ServerMessage::NeedSchema));
+    let actions = world.send(
+        1,
+        ClientMessage::Join(Join::new("k".into(), &schema, "x".into(), true)),
+    );
+    assert!(
+        matches!(&actions[..], [Action::Send(_, m)] if matches!(**m, ServerMessage::Joined(_)))
+    );
+    // Later clients join with the digest alone.
+    world.hello_with(2, None, PROTOCOL_VERSION);
+    let actions = world.send(2, digest_only("k"));
+    assert!(
+        matches!(&actions[..], [Action::Send(_, m)] if matches!(**m, ServerMessage::Joined(ref j) if j.clients == 2))
+    );
+    // A digest that differs is refused, with the client's own name and count in the message.
+    world.hello_with(3, None, PROTOCOL_VERSION);
+    let other = Schema::new("t", ["a"]).unwrap();
+    let (code, message) = refusal(
+        &world.send(
+            3,
+            ClientMessage::Join(Join::new("k".into(), &other, "x".into(), false)),
+        ),
+        3,
+    );
+    assert_eq!(code, ErrorCode::SchemaMismatch);
+    assert!(message.contains("\"t\" (1 tasks"), "{message}");
 }
