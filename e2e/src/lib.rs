@@ -60,10 +60,17 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Starts a coordinator on a free loopback port with a 3 s idle timeout (unless `args` set
-    /// one), plus `args`.
+    /// one), plus `args`, with a fresh state directory.
     pub fn start(args: &[&str]) -> Result<Coordinator> {
-        let dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(dir.path().join("coordinator.log"))?;
+        Self::start_in(tempfile::tempdir()?, args)
+    }
+
+    /// Like [`Coordinator::start`], keeping its state (certificate, timing history) in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Result<Coordinator> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("coordinator.log"))?;
         let idle: &[&str] = if args.contains(&"--idle-timeout") {
             &[]
         } else {
@@ -113,6 +120,22 @@ impl Coordinator {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the coordinator gracefully (SIGTERM, as a service manager would) and returns its
+    /// state directory, for a restart with [`Coordinator::start_in`].
+    pub fn stop(mut self) -> Result<tempfile::TempDir> {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!(
+                "the coordinator exited with {status} after SIGTERM:\n{}",
+                self.log()
+            );
+        }
+        // Nothing is left to kill; keep the directory from being deleted with `self`.
+        let dir = tempfile::tempdir()?;
+        Ok(std::mem::replace(&mut self.dir, dir))
     }
 
     /// Whether the process is still running.
