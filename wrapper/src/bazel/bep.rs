@@ -35,6 +35,8 @@ pub struct BatchEvents {
     targets: HashMap<String, TargetEvents>,
     /// `buildFinished.exitCode.code`, when the build got that far.
     pub exit_code: Option<i32>,
+    /// When each test attempt ran: start and end, in milliseconds since the epoch.
+    attempts: Vec<(u64, u64)>,
 }
 
 impl BatchEvents {
@@ -55,6 +57,10 @@ impl BatchEvents {
         if let Some(label) = id["testResult"]["label"].as_str() {
             let result = &event["testResult"];
             let duration = millis(&result["testAttemptDurationMillis"]);
+            let start = millis(&result["testAttemptStartMillisEpoch"]);
+            if start > 0 {
+                self.attempts.push((start, start + duration));
+            }
             let cached = result["cachedLocally"].as_bool() == Some(true)
                 || result["executionInfo"]["cachedRemotely"].as_bool() == Some(true)
                 || result["executionInfo"]["strategy"].as_str() == Some("remote cache hit");
@@ -84,6 +90,26 @@ impl BatchEvents {
                 .map(|c| c as i32)
                 .or(Some(0));
         }
+    }
+
+    /// How long tests were running in this batch: the union of the attempts' time spans (tests
+    /// may run one at a time or in parallel). `None` when the events carry no timing.
+    pub fn testing_ms(&self) -> Option<u64> {
+        let mut spans = self.attempts.clone();
+        if spans.is_empty() {
+            return None;
+        }
+        spans.sort_unstable();
+        let (mut total, mut current) = (0, spans[0]);
+        for &(start, end) in &spans[1..] {
+            if start <= current.1 {
+                current.1 = current.1.max(end);
+            } else {
+                total += current.1 - current.0;
+                current = (start, end);
+            }
+        }
+        Some(total + current.1 - current.0)
     }
 
     fn target(&mut self, label: &str) -> &mut TargetEvents {
@@ -185,6 +211,26 @@ mod tests {
             assert_eq!(outcome(&events, label), want, "{label}");
         }
         assert_eq!(events.exit_code, Some(3));
+    }
+
+    #[test]
+    fn testing_time_is_the_union_of_the_attempts() {
+        let attempt = |label: &str, start: u64, ms: u64| {
+            format!(
+                r#"{{"id":{{"testResult":{{"label":"{label}","run":1,"shard":1,"attempt":1}}}},"testResult":{{"status":"PASSED","testAttemptDurationMillis":"{ms}","testAttemptStartMillisEpoch":"{start}"}}}}"#
+            )
+        };
+        // Two overlapping (in parallel), then one after a gap: 1000..1500 and 2000..2100.
+        let events = [
+            attempt("//a", 1000, 400),
+            attempt("//b", 1100, 400),
+            attempt("//c", 2000, 100),
+        ];
+        assert_eq!(
+            BatchEvents::parse(&events.join("\n")).testing_ms(),
+            Some(600)
+        );
+        assert_eq!(BatchEvents::parse(EVENTS).testing_ms(), None);
     }
 
     #[test]

@@ -227,7 +227,9 @@ fn head_commit() -> String {
 }
 
 /// What names this repository across runs, for the timing history: `TASK_SHARDING_HISTORY_SCOPE`,
-/// else the `origin` remote's URL, else the CI's repository name, else the workspace directory.
+/// else the `origin` remote's URL, else the CI's repository name, else the name the Bazel
+/// workspace gives itself, else the current directory's name. Jobs whose checkouts live at
+/// different paths still agree on it.
 fn repository_identity() -> String {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     env("TASK_SHARDING_HISTORY_SCOPE")
@@ -247,9 +249,42 @@ fn repository_identity() -> String {
         .or_else(|| {
             std::env::current_dir()
                 .ok()
+                .and_then(|d| workspace_name(&d))
+        })
+        .or_else(|| {
+            std::env::current_dir()
+                .ok()
                 .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The name in the nearest `MODULE.bazel` (`module(name = "...")`) or `WORKSPACE` file
+/// (`workspace(name = "...")`) at or above `dir`.
+fn workspace_name(dir: &Path) -> Option<String> {
+    let files = [
+        ("MODULE.bazel", "module("),
+        ("WORKSPACE.bazel", "workspace("),
+        ("WORKSPACE", "workspace("),
+    ];
+    for ancestor in dir.ancestors() {
+        for (file, call) in files {
+            let Ok(text) = std::fs::read_to_string(ancestor.join(file)) else {
+                continue;
+            };
+            let name = text.find(call).and_then(|at| {
+                let args = &text[at + call.len()..];
+                let args = &args[..args.find(')')?];
+                let value = args.split_once("name")?.1.trim_start().strip_prefix('=')?;
+                let value = value.trim_start().strip_prefix('"')?;
+                Some(value[..value.find('"')?].to_string())
+            });
+            if name.is_some() {
+                return name;
+            }
+        }
+    }
+    None
 }
 
 fn labels(schema: &Schema) -> Vec<String> {
@@ -405,5 +440,31 @@ impl EventsDir {
             EventsDir::Kept(path) => path,
             EventsDir::Temporary(dir) => dir.path(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workspace_name;
+
+    #[test]
+    fn the_workspace_names_itself_from_any_subdirectory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("WORKSPACE"),
+            "# comment\nworkspace(\n    name = \"example\",\n)\nlocal_repository(name = \"x\", path = \"y\")\n",
+        )
+        .unwrap();
+        let sub = dir.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(workspace_name(&sub).as_deref(), Some("example"));
+        std::fs::write(
+            dir.path().join("MODULE.bazel"),
+            "module(name = \"modern\", version = \"1\")\n",
+        )
+        .unwrap();
+        assert_eq!(workspace_name(&sub).as_deref(), Some("modern"));
+        let bare = tempfile::tempdir().unwrap();
+        assert_eq!(workspace_name(bare.path()), None);
     }
 }

@@ -114,13 +114,16 @@ impl TaskRunner for BazelRunner {
                 }
             })
             .collect();
-        // Tests in a batch run in parallel, so the overhead is the wall time beyond the longest.
-        let longest = reports
-            .iter()
-            .map(|r| r.result.duration_ms)
-            .max()
-            .unwrap_or(0);
-        let measured = (started.elapsed().as_millis() as u64).saturating_sub(longest);
+        // The overhead is the batch's wall time when no test was running (tests may run one at a
+        // time or in parallel; the events say when each ran).
+        let testing = events.testing_ms().unwrap_or_else(|| {
+            reports
+                .iter()
+                .map(|r| r.result.duration_ms)
+                .max()
+                .unwrap_or(0)
+        });
+        let measured = (started.elapsed().as_millis() as u64).saturating_sub(testing);
         self.overhead = (self.overhead + Duration::from_millis(measured)) / 2;
         reports
     }
