@@ -105,8 +105,20 @@ pub struct Coordinator {
     clients: HashMap<ConnId, Client>,
     /// Sessions by key.
     sessions: HashMap<String, Session>,
+    /// Keys whose session is about to be created: one client was asked for the schema, and
+    /// the others joining meanwhile wait here rather than all being asked to upload it too.
+    pending: HashMap<String, PendingSession>,
     /// How long tasks took before.
     history: Box<dyn History>,
+}
+
+/// A session key waiting for its schema.
+#[derive(Debug)]
+struct PendingSession {
+    /// The client asked to send the schema.
+    asked: ConnId,
+    /// Digest-only joins that arrived meanwhile, to be answered once the session exists.
+    parked: Vec<(ConnId, Join)>,
 }
 
 impl Coordinator {
@@ -121,6 +133,7 @@ impl Coordinator {
             policy,
             clients: HashMap::new(),
             sessions: HashMap::new(),
+            pending: HashMap::new(),
             history,
         }
     }
@@ -209,8 +222,28 @@ impl Coordinator {
         };
         match client.session.and_then(|key| self.sessions.get_mut(&key)) {
             Some(session) => session.leave(conn, now),
-            None => Vec::new(),
+            None => self.forget_pending(conn),
         }
+    }
+
+    /// `conn` left before joining: if it was parked, forget it; if it was asked for a schema,
+    /// ask the next parked client instead.
+    fn forget_pending(&mut self, conn: ConnId) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.pending.retain(|_, pending| {
+            pending.parked.retain(|(c, _)| *c != conn);
+            if pending.asked != conn {
+                return true;
+            }
+            if pending.parked.is_empty() {
+                return false;
+            }
+            let (next, _) = pending.parked.remove(0);
+            pending.asked = next;
+            actions.push(Action::send(next, ServerMessage::NeedSchema));
+            true
+        });
+        actions
     }
 
     /// Forgets sessions that completed, or lost their last client, at least the session ttl ago.
@@ -323,8 +356,30 @@ impl Coordinator {
                 return refuse(conn, ErrorCode::SchemaMismatch, message);
             }
             (Some(_), _) => false,
-            // A new session needs its schema: ask for it (the connection stays open).
-            (None, None) => return vec![Action::send(conn, ServerMessage::NeedSchema)],
+            // A new session needs its schema: ask one client for it (the connection stays
+            // open); others joining meanwhile wait for it.
+            (None, None) => {
+                return match self.pending.get_mut(&join.session_key) {
+                    Some(pending) => {
+                        pending.parked.push((
+                            conn,
+                            Join {
+                                schema: None,
+                                ..join
+                            },
+                        ));
+                        Vec::new()
+                    }
+                    None => {
+                        let pending = PendingSession {
+                            asked: conn,
+                            parked: Vec::new(),
+                        };
+                        self.pending.insert(join.session_key.clone(), pending);
+                        vec![Action::send(conn, ServerMessage::NeedSchema)]
+                    }
+                };
+            }
             (None, Some(_)) if self.sessions.len() >= self.policy.max_sessions => {
                 return refuse(
                     conn,
@@ -379,8 +434,18 @@ impl Coordinator {
         };
         let session = self.sessions.get_mut(&join.session_key).expect("present");
         tracing::info!(%conn, session = %join.session_key, client = %client_id, "joined");
+        let mut actions = session.join(conn, client_id, created);
+        // The clients that waited for this session can join it now.
+        let parked = self
+            .pending
+            .remove(&join.session_key)
+            .map(|p| p.parked)
+            .unwrap_or_default();
         self.clients.get_mut(&conn).expect("present").session = Some(join.session_key);
-        session.join(conn, client_id, created)
+        for (waiting, their_join) in parked {
+            actions.extend(self.join(waiting, their_join, now));
+        }
+        actions
     }
 
     fn session_of(&mut self, conn: ConnId) -> Option<&mut Session> {

@@ -52,19 +52,35 @@ pub fn initial_queue(estimates: &[u64], order: Order) -> VecDeque<TaskId> {
 
 /// How many tasks from the head of the queue make the next batch.
 ///
-/// Guided self-scheduling: a batch's expected work is half a fair share (`W / 2N`, `W` the
-/// queued work, `N` the clients), which shrinks as the queue drains so the last tasks spread
-/// evenly. Two bounds: at most `4 × sqrt(W × o / N)` (`o` the client's per-batch overhead), so
-/// the first client to join does not take half of everything before the others arrive — that
-/// term balances the overhead of many batches against the imbalance of long ones — and at least
-/// three overheads, so the overhead stays small beside the work. A task longer than the target
-/// goes alone. Always at least one task, at most `limit`.
-pub fn batch_len(
-    queue: &VecDeque<TaskId>,
-    estimate: impl Fn(TaskId) -> u64,
+/// How much expected work the next batch should hold, in milliseconds.
+///
+/// Guided self-scheduling: half a fair share (`W / 2N`, `W` the queued work, `N` the clients),
+/// which shrinks as the queue drains so the last tasks spread evenly. It is also at most
+/// `4 × sqrt(W × o / N)` (`o` the client's per-batch overhead: the term balances the overhead of
+/// many batches against the imbalance of long ones) and at most the longest task of the session
+/// (`longest_ms`: the makespan cannot be shorter anyway) — both keep the first client to join
+/// from taking a large share before the others arrive, since it cannot know how many will. And
+/// at least three overheads, so the overhead stays small beside the work.
+pub fn batch_target_ms(
     queued_work_ms: u64,
     clients: usize,
     overhead_ms: u64,
+    longest_ms: u64,
+) -> u64 {
+    let clients = clients.max(1) as u64;
+    let share = queued_work_ms / (2 * clients);
+    let balanced =
+        (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / clients as f64).sqrt()) as u64;
+    balanced.min(share).min(longest_ms).max(3 * overhead_ms)
+}
+
+/// How many tasks from the head of the queue make the next batch: as many as fit in
+/// `target_ms` of expected work (see [`batch_target_ms`]); a task longer than that goes alone.
+/// Always at least one task, at most `limit`.
+pub fn batch_len(
+    queue: &VecDeque<TaskId>,
+    estimate: impl Fn(TaskId) -> u64,
+    target_ms: u64,
     limit: u32,
     batching: Batching,
 ) -> usize {
@@ -74,16 +90,11 @@ pub fn batch_len(
     if batching == Batching::Single {
         return 1;
     }
-    let clients = clients.max(1) as u64;
-    let share = queued_work_ms / (2 * clients);
-    let balanced =
-        (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / clients as f64).sqrt()) as u64;
-    let target = balanced.min(share).max(3 * overhead_ms);
     let mut len = 0;
     let mut work = 0;
     for &task in queue.iter().take(limit.max(1) as usize) {
         let expected = estimate(task);
-        if len > 0 && work + expected > target {
+        if len > 0 && work + expected > target_ms {
             break;
         }
         work += expected;
@@ -116,44 +127,47 @@ mod tests {
 
     #[test]
     fn batches_balance_overhead_against_imbalance() {
+        // 1000 ms of work, 2 clients, 1 ms overhead: 4 × sqrt(1000 × 1 / 2) ≈ 89 ms.
+        assert_eq!(batch_target_ms(1000, 2, 1, 10_000), 89);
+        // More overhead, longer batches (4 × sqrt(1000 × 4 / 2) ≈ 178 ms) ...
+        assert_eq!(batch_target_ms(1000, 2, 4, 10_000), 178);
+        // ... up to half a fair share: 250 ms.
+        assert_eq!(batch_target_ms(1000, 2, 10, 10_000), 250);
+        // ... and no longer than the session's longest task.
+        assert_eq!(batch_target_ms(1000, 2, 10, 120), 120);
+        // A large overhead: at least three of them, 300 ms.
+        assert_eq!(batch_target_ms(1000, 2, 100, 10_000), 300);
+        // Near the end, half a fair share is what limits: 60 ms for 3 clients is 10 ms each.
+        assert_eq!(batch_target_ms(60, 3, 1, 10_000), 10);
+        // Without overhead there is no reason to batch.
+        assert_eq!(batch_target_ms(1000, 2, 0, 10_000), 0);
+    }
+
+    #[test]
+    fn the_first_client_takes_no_more_than_the_longest_task() {
+        // Alone (so far) with 80 s of work and a 1 s overhead: half of everything would be 40 s,
+        // 4 × sqrt(80 × 1) ≈ 36 s; the longest task, 7 s, is what bounds it.
+        assert_eq!(batch_target_ms(80_000, 1, 1000, 7000), 7000);
+    }
+
+    #[test]
+    fn batches_fill_up_to_the_target() {
         // One long task and many short ones: 1000 ms + 100 × 10 ms, longest first.
         let mut estimates = vec![1000];
         estimates.extend([10; 100]);
         let estimate = |t: TaskId| estimates[t as usize];
-        let guided = |queue: &VecDeque<TaskId>, work, clients, overhead, limit| {
-            batch_len(
-                queue,
-                estimate,
-                work,
-                clients,
-                overhead,
-                limit,
-                Batching::Guided,
-            )
-        };
         let all: VecDeque<TaskId> = (0..101).collect();
         let short: VecDeque<TaskId> = (1..101).collect();
-        // The long task goes alone.
-        assert_eq!(guided(&all, 2000, 2, 4, 1000), 1);
-        // 1000 ms of short work, 2 clients, 1 ms overhead: 4 × sqrt(1000 × 1 / 2) ≈ 89 ms.
-        assert_eq!(guided(&short, 1000, 2, 1, 1000), 8);
-        // More overhead, longer batches (4 × sqrt(1000 × 4 / 2) ≈ 178 ms) ...
-        assert_eq!(guided(&short, 1000, 2, 4, 1000), 17);
-        // ... up to half a fair share: 250 ms.
-        assert_eq!(guided(&short, 1000, 2, 10, 1000), 25);
-        // A large overhead: at least three of them, 300 ms.
-        assert_eq!(guided(&short, 1000, 2, 100, 1000), 30);
-        // ... capped by the client's limit.
-        assert_eq!(guided(&short, 1000, 2, 100, 7), 7);
-        // Near the end, half a fair share is what limits: 60 ms for 3 clients is 10 ms each.
-        let tail: VecDeque<TaskId> = (1..7).collect();
-        assert_eq!(guided(&tail, 60, 3, 3, 1000), 1);
-        // Without overhead there is no reason to batch.
-        assert_eq!(guided(&short, 1000, 2, 0, 1000), 1);
+        // A task longer than the target goes alone.
+        assert_eq!(batch_len(&all, estimate, 250, 1000, Batching::Guided), 1);
+        assert_eq!(batch_len(&short, estimate, 250, 1000, Batching::Guided), 25);
+        // The client's limit caps it, and there is always at least one.
+        assert_eq!(batch_len(&short, estimate, 250, 7, Batching::Guided), 7);
+        assert_eq!(batch_len(&short, estimate, 0, 1000, Batching::Guided), 1);
+        assert_eq!(batch_len(&short, estimate, 250, 1000, Batching::Single), 1);
         assert_eq!(
-            batch_len(&short, estimate, 1000, 2, 100, 1000, Batching::Single),
-            1
+            batch_len(&VecDeque::new(), estimate, 250, 1000, Batching::Guided),
+            0
         );
-        assert_eq!(guided(&VecDeque::new(), 0, 4, 0, 1000), 0);
     }
 }

@@ -90,6 +90,8 @@ pub(crate) struct Session {
     /// Sum and count of the durations executed in this session; their mean is what an unknown
     /// task is expected to take once there is one.
     observed: (u64, u64),
+    /// The longest duration known from history or executed in this session so far.
+    longest_seen: u64,
     /// One slot per task, indexed by task id.
     slots: Vec<Slot>,
     /// Queued task ids, next first. Returned leases go to the front: they were started first.
@@ -143,6 +145,7 @@ impl Session {
             known: known.to_vec(),
             initial_stand_in,
             observed: (0, 0),
+            longest_seen: known.iter().flatten().copied().max().unwrap_or(0),
             slots: vec![Slot::Queued; count],
             queue,
             members: BTreeMap::new(),
@@ -280,6 +283,7 @@ impl Session {
                 history.record(&self.history_scope, text, result.duration_ms);
                 self.observed.0 += result.duration_ms;
                 self.observed.1 += 1;
+                self.longest_seen = self.longest_seen.max(result.duration_ms);
             }
             *slot = Slot::Done(TaskRecord {
                 task,
@@ -365,12 +369,16 @@ impl Session {
                     None => break,
                 }
             } else {
-                let len = scheduler::batch_len(
-                    &self.queue,
-                    |task| self.expected(task as usize),
+                let target = scheduler::batch_target_ms(
                     self.queued_work_ms(),
                     self.members.len(),
                     request.overhead_ms,
+                    self.longest_expected(),
+                );
+                let len = scheduler::batch_len(
+                    &self.queue,
+                    |task| self.expected(task as usize),
+                    target,
                     request.limit,
                     self.scheduling.batching,
                 );
@@ -446,6 +454,15 @@ impl Session {
         match self.observed {
             (sum, count) if count > 0 => sum / count,
             _ => self.initial_stand_in,
+        }
+    }
+
+    /// The longest any task of the session is expected to take.
+    fn longest_expected(&self) -> u64 {
+        if self.queued.1 > 0 {
+            self.longest_seen.max(self.stand_in())
+        } else {
+            self.longest_seen
         }
     }
 

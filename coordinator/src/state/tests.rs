@@ -675,3 +675,34 @@ fn only_the_first_client_sends_the_schema() {
     assert_eq!(code, ErrorCode::SchemaMismatch);
     assert!(message.contains("\"t\" (1 tasks"), "{message}");
 }
+
+#[test]
+fn clients_joining_while_the_schema_is_on_its_way_wait_instead_of_uploading_it() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 3);
+    let digest_only = || ClientMessage::Join(Join::new("k".into(), &schema, "x".into(), false));
+    for conn in 1..=3 {
+        world.hello_with(conn, None, PROTOCOL_VERSION);
+    }
+    let asked = world.send(1, digest_only());
+    assert!(matches!(&asked[..], [Action::Send(_, m)] if **m == ServerMessage::NeedSchema));
+    // Clients 2 and 3 are not asked for the schema: they wait.
+    assert!(world.send(2, digest_only()).is_empty());
+    assert!(world.send(3, digest_only()).is_empty());
+    // Client 1 goes away without sending it: the next in line is asked.
+    let next = world.disconnect(1);
+    assert!(matches!(&next[..], [Action::Send(ConnId(2), m)] if **m == ServerMessage::NeedSchema));
+    // Client 2 sends it: the session exists, and client 3 joins it at once.
+    let actions = world.send(
+        2,
+        ClientMessage::Join(Join::new("k".into(), &schema, "x".into(), true)),
+    );
+    let joined: Vec<ConnId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(c, m) if matches!(**m, ServerMessage::Joined(_)) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined, vec![ConnId(2), ConnId(3)]);
+}
