@@ -216,12 +216,17 @@ pub struct Checkout {
 impl Checkout {
     /// Copies the workspace (without `bazel-*` symlinks) and adds `tools/bazel`.
     pub fn new(name: &str) -> Result<Checkout> {
+        Checkout::of(name, &repo_root().join("e2e/workspace"))
+    }
+
+    /// Like [`Checkout::new`], but copies the workspace at `source` instead of `e2e/workspace`.
+    pub fn of(name: &str, source: &Path) -> Result<Checkout> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("e2e-{name}-"))
             .tempdir()?;
         let workspace = dir.path().join("workspace");
         let output_root = dir.path().join("output_root");
-        copy_tree(&repo_root().join("e2e/workspace"), &workspace)?;
+        copy_tree(source, &workspace)?;
         std::fs::create_dir_all(workspace.join("tools"))?;
         // std::fs::copy keeps the permission bits: the hook stays executable.
         std::fs::copy(

@@ -162,7 +162,18 @@ fn three_jobs_share_bazel_test_and_agree() {
     let started = Instant::now();
     let env = BazelEnv::start("three-jobs").unwrap();
     let checkouts = checkouts(3);
-    let running = start_jobs(&env, &checkouts, &env.test_args(&[]));
+    let args = env.test_args(&[]);
+    let mut running = Running::default();
+    // job-1 runs as on GitHub Actions, with a step summary file to append a Markdown table to.
+    let step_summary = env.scratch_dir().join("step-summary.md");
+    for (i, checkout) in checkouts.iter().enumerate() {
+        let name = format!("job-{}", i + 1);
+        let mut command = env.job_command(&launcher(), checkout, &name, &args);
+        if i == 0 {
+            command.env("GITHUB_STEP_SUMMARY", &step_summary);
+        }
+        running.spawn(&name, command).unwrap();
+    }
     let jobs = running.wait_all(LIMIT).unwrap();
     let why = format!("\n{}", report(&env, &jobs));
 
@@ -220,6 +231,18 @@ fn three_jobs_share_bazel_test_and_agree() {
     assert_eq!(from_bep, from_summary, "who ran what{why}");
     // The jobs used the shared remote cache (test results were uploaded).
     assert!(env.nginx.access_log().contains("PUT /ac/"), "{why}");
+    // The GitHub step summary got a table row per target.
+    let markdown = std::fs::read_to_string(&step_summary).unwrap_or_default();
+    let rows: Vec<&str> = markdown
+        .lines()
+        .filter(|l| l.starts_with("| `//"))
+        .collect();
+    assert_eq!(rows.len(), TEST_TARGETS.len(), "{markdown}{why}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(&format!("| `{FAILING_TEST}` | FAILED |"))),
+        "{markdown}"
+    );
     eprintln!(
         "three_jobs_share_bazel_test_and_agree: {:?}, clients {clients:?}",
         started.elapsed()
