@@ -420,16 +420,20 @@ impl Session {
         if !self.scheduling.backups {
             return None;
         }
-        self.slots
+        // Candidates are the members running a single task: look there, not at every slot.
+        self.members
             .iter()
-            .enumerate()
-            .filter_map(|(task, slot)| match slot {
+            .filter(|(holder, _)| **holder != idle)
+            .filter_map(|(holder, member)| match member.running[..] {
+                [task] => Some((holder, task as usize)),
+                _ => None,
+            })
+            .filter_map(|(holder, task)| match &self.slots[task] {
                 Slot::Leased {
-                    holder,
+                    holder: leased_to,
                     since,
                     backup: None,
-                } if *holder != idle
-                    && self.members[holder].running == [task as TaskId]
+                } if leased_to == holder
                     // Only on grounds: the task's history, or durations seen in this session.
                     && (self.known[task].is_some() || self.observed.1 > 0) =>
                 {
