@@ -470,4 +470,6 @@ fn refuse(conn: ConnId, code: ErrorCode, message: String) -> Vec<Action> {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

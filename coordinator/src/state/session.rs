@@ -520,6 +520,63 @@ impl Session {
             .collect()
     }
 
+    /// Panics unless the session's bookkeeping is consistent: what the property test checks after
+    /// every step.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        use std::collections::HashSet;
+        let queued: HashSet<TaskId> = self.queue.iter().copied().collect();
+        assert_eq!(queued.len(), self.queue.len(), "a task is queued twice");
+        let mut not_done = 0;
+        let mut unknown_queued = 0;
+        let mut known_queued_ms = 0;
+        for (task, slot) in self.slots.iter().enumerate() {
+            let id = task as TaskId;
+            match slot {
+                Slot::Queued => {
+                    assert!(
+                        queued.contains(&id),
+                        "task {task} is neither queued nor leased"
+                    );
+                    match self.known[task] {
+                        Some(ms) => known_queued_ms += ms,
+                        None => unknown_queued += 1,
+                    }
+                    not_done += 1;
+                }
+                Slot::Leased { holder, backup, .. } => {
+                    assert!(!queued.contains(&id), "leased task {task} is also queued");
+                    assert!(
+                        self.members.contains_key(holder),
+                        "task {task} leased to a non-member"
+                    );
+                    if let Some(copy) = backup {
+                        assert_ne!(copy, holder, "a task's backup is its holder");
+                        assert!(self.members.contains_key(copy), "backup with a non-member");
+                    }
+                    not_done += 1;
+                }
+                Slot::Done(record) => {
+                    assert!(!queued.contains(&id), "finished task {task} is queued");
+                    assert_eq!(record.task, id);
+                }
+            }
+        }
+        assert_eq!(self.remaining, not_done, "remaining count");
+        assert_eq!(
+            self.queued,
+            (known_queued_ms, unknown_queued),
+            "queued work"
+        );
+        assert_eq!(self.is_complete(), not_done == 0);
+        for conn in &self.waiting {
+            assert!(
+                self.members[conn].waiting.is_some(),
+                "a waiter without a request"
+            );
+        }
+    }
+
     /// Tasks currently leased to `conn` (as holder), for tests.
     #[cfg(test)]
     pub(crate) fn leased_to(&self, conn: ConnId) -> Vec<TaskId> {
