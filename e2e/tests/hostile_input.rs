@@ -225,7 +225,15 @@ async fn a_conflicting_schema_under_the_same_run_is_refused() {
     let coordinator = Coordinator::start(&[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let honest = honest_session(&coordinator, dir.path(), None);
-    // Same run id and schema name, different tasks: the jobs disagree about the work.
+    // Once the honest session exists (else the confused client would create it and the honest
+    // ones be refused instead)...
+    e2e::wait_until("the honest session exists", LIMIT, || {
+        honest
+            .iter()
+            .any(|job| job.read("stderr").contains("the session:"))
+    })
+    .unwrap();
+    // ...a job with the same run id and schema name but different tasks disagrees about the work.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     let schema = write_schema(
