@@ -161,6 +161,24 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// `task-sharding run --schema SCHEMA -- COMMAND...`, set up like [`Coordinator::client`].
+    pub fn run_command<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        run_id: &str,
+        client_id: &str,
+        schema: &Path,
+        command: &[S],
+    ) -> Command {
+        let mut run = self.client(run_id, client_id);
+        run.args(["run", "--schema"])
+            .arg(schema)
+            .arg("--")
+            .args(command);
+        run
+    }
+}
+
 impl Drop for Coordinator {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -32,12 +32,7 @@ fn run_clients(
     (1..=clients)
         .map(|i| {
             let name = format!("job-{i}");
-            let mut cmd = coordinator.client(run_id, &name);
-            cmd.arg("run")
-                .arg("--schema")
-                .arg(schema)
-                .arg("--")
-                .args(command);
+            let cmd = coordinator.run_command(run_id, &name, schema, command);
             Job::spawn(&name, cmd).unwrap()
         })
         .collect()

@@ -88,14 +88,10 @@ fn honest_session(coordinator: &Coordinator, dir: &Path, token: Option<&str>) ->
     (1..=3)
         .map(|i| {
             let name = format!("honest-{i}");
-            let mut cmd = coordinator.client("run-1", &name);
+            let mut cmd = coordinator.run_command("run-1", &name, &schema, &["sleep", "0.4"]);
             if let Some(token) = token {
                 cmd.env("TASK_SHARDING_TOKEN", token);
             }
-            cmd.arg("run")
-                .arg("--schema")
-                .arg(&schema)
-                .args(["--", "sleep", "0.4"]);
             Job::spawn(&name, cmd).unwrap()
         })
         .collect()
@@ -196,17 +192,11 @@ async fn tokens_are_enforced() {
     // Through the real client, the user sees the coordinator's words and exit code 3.
     let schema = write_schema(dir.path(), "other", &["x".to_string()]).unwrap();
     for (token, expected) in [(None, "requires a token"), (Some("guess"), "wrong token")] {
-        let mut cmd = coordinator.client("run-1", "intruder");
+        let mut cmd = coordinator.run_command("run-1", "intruder", &schema, &["true"]);
         if let Some(token) = token {
             cmd.env("TASK_SHARDING_TOKEN", token);
         }
-        let output = cmd
-            .arg("run")
-            .arg("--schema")
-            .arg(&schema)
-            .args(["--", "true"])
-            .output()
-            .unwrap();
+        let output = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(3), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
@@ -243,11 +233,7 @@ async fn a_conflicting_schema_under_the_same_run_is_refused() {
     )
     .unwrap();
     let output = coordinator
-        .client("run-1", "confused")
-        .arg("run")
-        .arg("--schema")
-        .arg(&schema)
-        .args(["--", "true"])
+        .run_command("run-1", "confused", &schema, &["true"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -267,13 +253,10 @@ async fn a_pinned_fingerprint_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let schema = write_schema(dir.path(), "pinned", &["a".to_string()]).unwrap();
     let run = |fingerprint: &str| {
-        let mut cmd = coordinator.client("run-1", "pinned");
-        cmd.env_remove("TASK_SHARDING_CA")
+        coordinator
+            .run_command("run-1", "pinned", &schema, &["true"])
+            .env_remove("TASK_SHARDING_CA")
             .env("TASK_SHARDING_FINGERPRINT", fingerprint)
-            .arg("run")
-            .arg("--schema")
-            .arg(&schema)
-            .args(["--", "true"])
             .output()
             .unwrap()
     };

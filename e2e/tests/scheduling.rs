@@ -18,16 +18,12 @@ fn job(
     dir: &Path,
     script: &str,
 ) -> Job {
-    let mut command = coordinator.client(run, name);
     let script = format!(
         "echo \"$0 $TASK_SHARDING_CLIENT_ID\" >> {started}; {script}; echo \"$0 $TASK_SHARDING_CLIENT_ID\" >> {done}",
         started = dir.join("started").display(),
         done = dir.join("done").display(),
     );
-    command
-        .args(["run", "--schema"])
-        .arg(schema)
-        .args(["--", "sh", "-c", &script, "{task}"]);
+    let command = coordinator.run_command(run, name, schema, &["sh", "-c", &script, "{task}"]);
     Job::spawn(name, command).unwrap()
 }
 

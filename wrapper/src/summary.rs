@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use schemas::{Outcome, Schema, SessionReport};
+use schemas::{Outcome, Schema, SessionReport, TaskRecord};
 
 /// Renders every task's result, in schema order, with the client that produced it, then a line
 /// of totals. Depends only on the report, so every client of a session prints the same text.
@@ -25,10 +25,7 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         report.records.len()
     );
     for record in &report.records {
-        let text = schema
-            .tasks
-            .get(record.task as usize)
-            .map_or("?", |t| t.task.as_str());
+        let text = task_text(schema, record);
         let result = &record.result;
         *counts.entry(result.outcome).or_default() += 1;
         clients.insert(record.client.as_str());
@@ -70,10 +67,7 @@ pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
         report.records.len()
     );
     for record in &report.records {
-        let text = schema
-            .tasks
-            .get(record.task as usize)
-            .map_or("?", |t| t.task.as_str());
+        let text = task_text(schema, record);
         let result = &record.result;
         let cached = if from_cache(result) { " (cached)" } else { "" };
         let _ = writeln!(
@@ -85,6 +79,14 @@ pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
         );
     }
     out
+}
+
+/// The text of a record's task.
+fn task_text<'a>(schema: &'a Schema, record: &TaskRecord) -> &'a str {
+    schema
+        .tasks
+        .get(record.task as usize)
+        .map_or("?", |t| t.task.as_str())
 }
 
 /// Whether a verdict was served from a cache rather than run: only a test that reached a verdict
