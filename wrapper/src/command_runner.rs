@@ -71,7 +71,7 @@ impl CommandRunner {
                 Some(result(outcome, status.code(), started))
             }
             () = abort.cancelled() => {
-                terminate(&mut child).await;
+                terminate(&mut child, Signal::SIGTERM, TERMINATE_GRACE).await;
                 None
             }
         }
@@ -111,14 +111,11 @@ fn result(outcome: Outcome, exit_code: Option<i32>, started: Instant) -> TaskRes
     }
 }
 
-/// Asks a child to stop (SIGTERM), and kills it if it has not within the grace period.
-pub(crate) async fn terminate(child: &mut Child) {
+/// Asks a child to stop with `signal`, and kills it if it has not within `grace`.
+pub(crate) async fn terminate(child: &mut Child, signal: Signal, grace: Duration) {
     if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        if tokio::time::timeout(TERMINATE_GRACE, child.wait())
-            .await
-            .is_ok()
-        {
+        let _ = kill(Pid::from_raw(pid as i32), signal);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
             return;
         }
     }

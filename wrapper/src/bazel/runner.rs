@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use schemas::{Outcome, TaskReport, TaskResult};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::bep::BatchEvents;
 use super::verdict::code;
 use super::WRAPPED_MARKER;
+use crate::command_runner::terminate;
 use crate::runner::{AssignedTask, TaskRunner};
 
 /// How long an aborted Bazel gets to stop after SIGINT (which it handles by cancelling the build
@@ -74,12 +74,7 @@ impl TaskRunner for BazelRunner {
         let status = tokio::select! {
             status = child.wait() => status,
             () = abort.cancelled() => {
-                if let Some(pid) = child.id() {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
-                }
-                if tokio::time::timeout(INTERRUPT_GRACE, child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
+                terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
                 return Vec::new();
             }
         };
