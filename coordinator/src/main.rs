@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use coordinator::server::{Server, ServerConfig};
 use coordinator::state::Policy;
-use coordinator::tls::{self, TlsIdentity};
+use coordinator::tls::{self, ClientCa, TlsIdentity};
 
 /// The task-sharding coordinator.
 ///
@@ -62,6 +62,13 @@ struct Opt {
     #[arg(long)]
     insecure_no_token: bool,
 
+    /// Require mutual TLS: a PEM bundle of CA certificates; every client must present a
+    /// certificate issued by one of them (clients set TASK_SHARDING_CLIENT_CERT and
+    /// TASK_SHARDING_CLIENT_KEY), or its handshake fails. Independent of the token: with both,
+    /// a client needs both. Without it, clients are not asked for a certificate.
+    #[arg(long, env = "TASK_SHARDING_CLIENT_CA", value_name = "PEM")]
+    client_ca: Option<PathBuf>,
+
     /// How long a client may stay silent before it counts as lost and its tasks go to others.
     /// Clients send keep-alives, so long tasks are never mistaken for silence.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -111,6 +118,12 @@ async fn run(opt: Opt) -> Result<()> {
     }
     let token = read_token(&opt)?;
     let state_dir = state_dir(&opt)?;
+    let client_ca = opt
+        .client_ca
+        .as_deref()
+        .map(ClientCa::load)
+        .transpose()
+        .context("--client-ca")?;
     let identity = match (&opt.cert, &opt.key, &opt.tls_dir) {
         (Some(cert), Some(key), _) => TlsIdentity::load(cert, key)?,
         (_, _, Some(dir)) => TlsIdentity::load_or_generate(dir, &tls::default_names(&opt.sans))?,
@@ -128,6 +141,15 @@ async fn run(opt: Opt) -> Result<()> {
     config.idle_timeout = opt.idle_timeout;
     config.max_connections = opt.max_connections;
     config.history_path = Some(state_dir.join("history.redb"));
+    if let Some(client_ca) = &client_ca {
+        tracing::info!(
+            client_ca = %client_ca.path.display(),
+            cas = client_ca.count,
+            "client certificates required: every client must present one issued by a CA in {}",
+            client_ca.path.display()
+        );
+    }
+    config.client_ca = client_ca;
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     println!("coordinator listening on {addr}");

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use crate::connection::{self, Limits};
 use crate::hub::Hub;
 use crate::state::Policy;
-use crate::tls::TlsIdentity;
+use crate::tls::{ClientCa, TlsIdentity};
 
 /// Everything the server needs to start.
 #[derive(Debug)]
@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub max_frame_len: usize,
     /// Where timing history is kept across restarts; `None` keeps it in memory only.
     pub history_path: Option<std::path::PathBuf>,
+    /// When set, every client must present a certificate issued by one of these CAs (mutual
+    /// TLS), on top of the token; `None` asks clients for no certificate.
+    pub client_ca: Option<ClientCa>,
 }
 
 impl ServerConfig {
@@ -44,6 +47,7 @@ impl ServerConfig {
             max_connections: 10_000,
             max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
             history_path: None,
+            client_ca: None,
         }
     }
 }
@@ -63,10 +67,14 @@ impl Server {
     pub fn bind(config: ServerConfig) -> Result<Server> {
         let fingerprint = config.identity.fingerprint();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .context("TLS 1.3 is unavailable")?
-            .with_no_client_auth()
+            .context("TLS 1.3 is unavailable")?;
+        let tls = match &config.client_ca {
+            Some(client_ca) => tls.with_client_cert_verifier(client_ca.verifier()),
+            None => tls.with_no_client_auth(),
+        };
+        let mut tls = tls
             .with_single_cert(config.identity.certs, config.identity.key)
             .context("the certificate and key do not form a usable identity")?;
         tls.alpn_protocols = vec![schemas::ALPN.to_vec()];

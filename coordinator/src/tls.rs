@@ -4,14 +4,21 @@
 //! on first start and keeps it in its TLS directory, so that the `cert.pem` clients were given
 //! (via `TASK_SHARDING_CA`) stays valid across restarts. Its SHA-256 fingerprint is the other way
 //! clients can trust it (`TASK_SHARDING_FINGERPRINT`).
+//!
+//! Optionally (`--client-ca`), the coordinator also asks every client for a certificate issued by
+//! one of the CAs in a PEM bundle, and ends the handshake of any client without one.
 
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
 use sha2::{Digest as _, Sha256};
 
 /// A certificate chain and its private key.
@@ -74,6 +81,59 @@ impl TlsIdentity {
     }
 }
 
+/// The CAs whose client certificates the coordinator accepts (`--client-ca`).
+#[derive(Debug, Clone)]
+pub struct ClientCa {
+    /// The PEM bundle the CAs came from, for the startup message.
+    pub path: PathBuf,
+    /// How many CA certificates it holds.
+    pub count: usize,
+    /// Checks each client's certificate chain against those CAs during the handshake.
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCa {
+    /// Loads a PEM bundle of CA certificates; every client will have to present a certificate
+    /// chaining to one of them.
+    pub fn load(path: &Path) -> Result<Self> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("cannot read the client CA bundle {}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("bad PEM in the client CA bundle {}", path.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "the client CA bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            );
+        }
+        let count = certs.len();
+        let mut roots = RootCertStore::empty();
+        for (index, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).with_context(|| {
+                format!(
+                    "certificate {} of the client CA bundle {} is unusable as a CA",
+                    index + 1,
+                    path.display()
+                )
+            })?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .with_context(|| format!("cannot verify clients with {}", path.display()))?;
+        Ok(ClientCa {
+            path: path.to_path_buf(),
+            count,
+            verifier,
+        })
+    }
+
+    /// The verifier to hand rustls: it requires a certificate from every client.
+    pub fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.verifier.clone()
+    }
+}
+
 /// The SHA-256 of a DER certificate, in lowercase hex: what `TASK_SHARDING_FINGERPRINT` pins.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
@@ -132,6 +192,40 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "the key is private");
         }
+    }
+
+    #[test]
+    fn a_client_ca_bundle_loads_and_requires_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TlsIdentity::load_or_generate(dir.path(), &default_names(&[])).unwrap();
+        let client_ca = ClientCa::load(&ca.cert_path).unwrap();
+        assert_eq!(client_ca.count, 1);
+        assert!(client_ca.verifier().client_auth_mandatory());
+    }
+
+    #[test]
+    fn a_missing_empty_or_garbled_client_ca_bundle_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = ClientCa::load(&dir.path().join("nope.pem")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("cannot read the client CA bundle"),
+            "{missing:#}"
+        );
+        let empty = dir.path().join("empty.pem");
+        fs::write(&empty, "not a certificate\n").unwrap();
+        let error = ClientCa::load(&empty).unwrap_err();
+        assert!(
+            error.to_string().contains("holds no PEM certificate"),
+            "{error:#}"
+        );
+        let garbled = dir.path().join("garbled.pem");
+        fs::write(
+            &garbled,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let error = ClientCa::load(&garbled).unwrap_err();
+        assert!(error.to_string().contains("garbled.pem"), "{error:#}");
     }
 
     #[test]

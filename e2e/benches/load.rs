@@ -137,6 +137,7 @@ async fn run(max_tasks: u32, schema: &Arc<Schema>) {
             coordinator: coordinator.addr.clone(),
             trust: Trust::CaFile(coordinator.cert.clone()),
             token: None,
+            client_identity: None,
             client_id: format!("load-{i}"),
             info: ClientInfo::default(),
             connect_timeout: Duration::from_secs(30),

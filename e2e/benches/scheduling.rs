@@ -146,6 +146,7 @@ async fn shared_run(
             coordinator: addr.to_string(),
             trust: Trust::CaFile(cert.to_path_buf()),
             token: None,
+            client_identity: None,
             client_id: format!("sim-{i}"),
             info: Default::default(),
             connect_timeout: Duration::from_secs(10),

@@ -1,6 +1,6 @@
 //! The `task-sharding` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::connection::ConnectOptions;
 use crate::exit;
-use crate::trust::{Trust, TrustError};
+use crate::trust::{ClientIdentity, Trust, TrustError};
 
 /// Make identical CI jobs share their work.
 ///
@@ -50,8 +50,8 @@ pub enum Command {
     /// unusable. Without a usable coordinator the command runs unsharded (fail-open).
     ///
     /// Configuration comes from the environment only (TASK_SHARDING_COORDINATOR, _CA,
-    /// _FINGERPRINT, _TOKEN, _RUN_ID, _CLIENT_ID, _REQUIRED, _GRACE, _BEP_DIR), since the
-    /// arguments are Bazel's.
+    /// _FINGERPRINT, _TOKEN, _CLIENT_CERT, _CLIENT_KEY, _RUN_ID, _CLIENT_ID, _REQUIRED, _GRACE,
+    /// _BEP_DIR), since the arguments are Bazel's.
     #[command(disable_help_flag = true)]
     Bazel {
         /// Bazel's arguments, exactly as given to `bazel`.
@@ -101,6 +101,15 @@ pub struct ConnectArgs {
     #[arg(long, env = "TASK_SHARDING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// A PEM certificate (chain, leaf first) to present when the coordinator requires client
+    /// certificates (its --client-ca). Needs --client-key.
+    #[arg(long, env = "TASK_SHARDING_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The PEM private key of --client-cert.
+    #[arg(long, env = "TASK_SHARDING_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
+
     /// Identifies this run of the CI pipeline: jobs with the same run id share a session, and a
     /// re-run needs a new one. Default: told from the CI system's variables (GitHub Actions,
     /// GitLab CI, Buildkite, CircleCI, Jenkins).
@@ -138,6 +147,18 @@ pub enum ConfigError {
          of this run and new for each re-run (e.g. your CI's pipeline id and attempt)"
     )]
     NoRunId,
+    /// Only one of the client certificate and its key.
+    #[error(
+        "{given} is set but {missing} is not: a client certificate needs both \
+         TASK_SHARDING_CLIENT_CERT and TASK_SHARDING_CLIENT_KEY (or --client-cert and \
+         --client-key), or neither"
+    )]
+    HalfClientIdentity {
+        /// The one that was given.
+        given: &'static str,
+        /// The one that is missing.
+        missing: &'static str,
+    },
     /// A trust setting was malformed.
     #[error(transparent)]
     Trust(#[from] TrustError),
@@ -152,6 +173,8 @@ impl ConnectArgs {
             (None, Some(fingerprint)) => Trust::fingerprint(fingerprint)?,
             (None, None) => return Err(ConfigError::NoTrust),
         };
+        let client_identity =
+            client_identity(self.client_cert.as_deref(), self.client_key.as_deref())?;
         let env = |name: &str| std::env::var(name).ok();
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -165,6 +188,7 @@ impl ConnectArgs {
             coordinator,
             trust,
             token: self.token.clone(),
+            client_identity,
             client_id,
             info: schemas::ClientInfo {
                 host,
@@ -185,6 +209,27 @@ impl ConnectArgs {
         crate::ci::run_id(|name| std::env::var(name).ok())
             .map(|run| run.id)
             .ok_or(ConfigError::NoRunId)
+    }
+}
+
+/// The client certificate and key, when both are given; an error when only one is.
+fn client_identity(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<ClientIdentity>, ConfigError> {
+    const CERT: &str = "TASK_SHARDING_CLIENT_CERT (--client-cert)";
+    const KEY: &str = "TASK_SHARDING_CLIENT_KEY (--client-key)";
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(ClientIdentity::load(cert, key)?)),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::HalfClientIdentity {
+            given: CERT,
+            missing: KEY,
+        }),
+        (None, Some(_)) => Err(ConfigError::HalfClientIdentity {
+            given: KEY,
+            missing: CERT,
+        }),
     }
 }
 
@@ -223,4 +268,46 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_other_way_round() {
+        let only_cert = client_identity(Some(Path::new("client.pem")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            only_cert.starts_with(
+                "TASK_SHARDING_CLIENT_CERT (--client-cert) is set but \
+                 TASK_SHARDING_CLIENT_KEY (--client-key) is not"
+            ),
+            "{only_cert}"
+        );
+        let only_key = client_identity(None, Some(Path::new("client.key")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            only_key.starts_with("TASK_SHARDING_CLIENT_KEY (--client-key) is set"),
+            "{only_key}"
+        );
+    }
+
+    #[test]
+    fn no_client_certificate_is_the_default() {
+        assert!(client_identity(None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unreadable_client_certificate_is_a_configuration_error() {
+        let error = client_identity(
+            Some(Path::new("/nonexistent/client.pem")),
+            Some(Path::new("/nonexistent/key.pem")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("/nonexistent/client.pem"), "{error}");
+    }
 }

@@ -11,7 +11,7 @@ use schemas::{
 };
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::trust::{Trust, TrustError};
+use crate::trust::{ClientIdentity, Trust, TrustError};
 
 /// How to reach and trust the coordinator, and who this client is.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct ConnectOptions {
     pub trust: Trust,
     /// The shared secret, when the coordinator requires one.
     pub token: Option<String>,
+    /// The certificate to present, when the coordinator requires client certificates.
+    pub client_identity: Option<ClientIdentity>,
     /// The name shown next to the tasks this client runs.
     pub client_id: String,
     /// Facts for the coordinator's logs.
@@ -90,7 +92,9 @@ impl Connection {
     /// Connects, verifies the coordinator, and exchanges hello/welcome.
     pub async fn connect(options: &ConnectOptions) -> Result<(Connection, Welcome), ClientError> {
         let (addr, server_name) = resolve(&options.coordinator).await?;
-        let tls = options.trust.client_config()?;
+        let tls = options
+            .trust
+            .client_config_presenting(options.client_identity.as_ref())?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Protocol(format!("TLS configuration unusable: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -123,7 +127,10 @@ impl Connection {
             .map_err(|e| unreachable(e.to_string()))?;
         let connection = match tokio::time::timeout(options.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => return Err(unreachable(explain_connect_error(&e))),
+            Ok(Err(e)) => {
+                return Err(certificate_refused(&e)
+                    .unwrap_or_else(|| unreachable(explain_connect_error(&e))))
+            }
             Err(_) => {
                 return Err(unreachable(format!(
                     "no answer within {:?} (is the coordinator running, and is UDP to it allowed?)",
@@ -131,10 +138,9 @@ impl Connection {
                 )))
             }
         };
-        let (send, recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| ClientError::Lost(e.to_string()))?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| {
+            certificate_refused(&e).unwrap_or_else(|| ClientError::Lost(e.to_string()))
+        })?;
         let mut this = Connection {
             endpoint,
             connection,
@@ -208,7 +214,8 @@ impl Connection {
                     message: String::from_utf8_lossy(&close.reason).into_owned(),
                 }
             }
-            Some(reason) => ClientError::Lost(reason.to_string()),
+            Some(reason) => certificate_refused(&reason)
+                .unwrap_or_else(|| ClientError::Lost(reason.to_string())),
             None => ClientError::Lost("the coordinator ended the stream".into()),
         }
     }
@@ -251,5 +258,104 @@ fn explain_connect_error(error: &quinn::ConnectionError) -> String {
         format!("{text}: check TASK_SHARDING_CA / TASK_SHARDING_FINGERPRINT")
     } else {
         text
+    }
+}
+
+/// The refusal for a handshake the coordinator ended over this client's certificate (it was
+/// started with `--client-ca`), or `None` for any other ending. With TLS 1.3 the client finishes
+/// its side of the handshake before the coordinator has judged its certificate, so the alert
+/// can arrive as the close of a connection that looked established.
+fn certificate_refused(error: &quinn::ConnectionError) -> Option<ClientError> {
+    use rustls::AlertDescription as Alert;
+    let quinn::ConnectionError::ConnectionClosed(close) = error else {
+        return None;
+    };
+    let code = u64::from(close.error_code);
+    // QUIC carries a TLS alert as the transport error 0x100 + alert.
+    let alert = Alert::from(u8::try_from(code.checked_sub(0x100)?).ok()?);
+    let message = match alert {
+        Alert::CertificateRequired => "this client presented no certificate, and the coordinator \
+            requires one: set TASK_SHARDING_CLIENT_CERT and TASK_SHARDING_CLIENT_KEY (or \
+            --client-cert and --client-key) to a certificate issued by the CA the coordinator \
+            was given with --client-ca"
+            .to_string(),
+        Alert::BadCertificate
+        | Alert::UnsupportedCertificate
+        | Alert::CertificateRevoked
+        | Alert::CertificateExpired
+        | Alert::CertificateUnknown
+        | Alert::UnknownCA
+        | Alert::AccessDenied => format!(
+            "this client's certificate (TASK_SHARDING_CLIENT_CERT) was rejected (TLS alert \
+             {alert:?}): it must be a current certificate issued by a CA in the coordinator's \
+             --client-ca bundle"
+        ),
+        _ => return None,
+    };
+    Some(ClientError::Refused {
+        code: ErrorCode::Unauthorized,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_with_alert(alert: rustls::AlertDescription) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::crypto(u8::from(alert)),
+            frame_type: None,
+            reason: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_missing_client_certificate_is_explained() {
+        let error = certificate_refused(&closed_with_alert(
+            rustls::AlertDescription::CertificateRequired,
+        ))
+        .unwrap();
+        let text = error.to_string();
+        assert!(text.contains("presented no certificate"), "{text}");
+        assert!(text.contains("TASK_SHARDING_CLIENT_CERT"), "{text}");
+        assert!(matches!(
+            error,
+            ClientError::Refused {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_rejected_client_certificate_is_explained() {
+        let error =
+            certificate_refused(&closed_with_alert(rustls::AlertDescription::UnknownCA)).unwrap();
+        let text = error.to_string();
+        assert!(
+            text.contains("this client's certificate (TASK_SHARDING_CLIENT_CERT) was rejected"),
+            "{text}"
+        );
+        assert!(text.contains("UnknownCA"), "{text}");
+    }
+
+    #[test]
+    fn other_endings_are_not_about_client_certificates() {
+        assert!(certificate_refused(&closed_with_alert(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+        .is_none());
+        assert!(certificate_refused(&quinn::ConnectionError::TimedOut).is_none());
+        assert!(
+            certificate_refused(&quinn::ConnectionError::ConnectionClosed(
+                quinn::ConnectionClose {
+                    error_code: quinn::TransportErrorCode::PROTOCOL_VIOLATION,
+                    frame_type: None,
+                    reason: Default::default(),
+                }
+            ))
+            .is_none()
+        );
     }
 }
