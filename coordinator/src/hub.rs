@@ -13,8 +13,8 @@ use bytes::Bytes;
 use schemas::{ClientMessage, FrameError, ServerMessage};
 use tokio::sync::mpsc;
 
-use crate::state::history::History;
-use crate::state::{Action, ConnId, Coordinator, Policy};
+use crate::session_store::SessionStore;
+use crate::state::{Action, ConnId, Coordinator};
 
 /// What a connection's task must do next.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub(crate) enum Outgoing {
 #[derive(Debug)]
 pub(crate) struct Hub {
     inner: Mutex<Inner>,
+    /// Where sessions are stored, if anywhere: written outside the state's lock, one journal at
+    /// a time and in the order they were taken (the lock).
+    store: Option<Mutex<SessionStore>>,
 }
 
 #[derive(Debug)]
@@ -50,14 +53,19 @@ struct Inner {
 }
 
 impl Hub {
-    pub(crate) fn new(policy: Policy, history: Box<dyn History>, max_frame_len: usize) -> Self {
+    pub(crate) fn new(
+        state: Coordinator,
+        store: Option<SessionStore>,
+        max_frame_len: usize,
+    ) -> Self {
         Hub {
             inner: Mutex::new(Inner {
-                state: Coordinator::with_history(policy, history),
+                state,
                 outboxes: HashMap::new(),
                 next_id: 1,
                 max_frame_len,
             }),
+            store: store.map(Mutex::new),
         }
     }
 
@@ -91,15 +99,43 @@ impl Hub {
         inner.apply(actions);
     }
 
-    /// Forgets expired sessions and writes the timing history recorded since the last time.
+    /// Hands on the leases of clients that did not come back, forgets expired sessions and
+    /// writes the timing history recorded since the last time.
     pub(crate) fn housekeeping(&self) {
         let mut inner = self.lock();
-        for key in inner.state.expire(Instant::now()) {
+        let (actions, expired) = inner.state.tick(Instant::now());
+        inner.apply(actions);
+        for key in expired {
             tracing::info!(session = %key, "forgot an expired session");
         }
         if let Err(e) = inner.state.history_mut().flush() {
             tracing::warn!("cannot write the timing history: {e}");
         }
+    }
+
+    /// Writes what changed in the sessions since the last time to the store. The state is
+    /// locked only to collect the changes, not while they are written.
+    pub(crate) fn persist(&self) {
+        let Some(store) = &self.store else { return };
+        let store = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let journal = self.lock().state.journal();
+        if let Err(e) = store.apply(&journal) {
+            // The changes are lost from the store (not from memory); a restart now would resume
+            // from the previous write. Clients re-send their results when they resume.
+            tracing::error!(
+                rows = journal.len(),
+                "cannot write the session store: {e:#}"
+            );
+        }
+    }
+
+    /// Stops treating closing connections as clients leaving, and stores the sessions as they
+    /// are: what a restart resumes from.
+    pub(crate) fn freeze(&self) {
+        self.lock().state.freeze();
+        self.persist();
     }
 
     /// Open connections and held sessions, for logs and tests.

@@ -2,6 +2,7 @@
 //!
 //! - [`state`]: the pure state machine that makes every decision (sessions, leases, results).
 //! - [`history_store`]: the timing history on disk, which the scheduler reads.
+//! - [`session_store`]: sessions on disk, which a restarted coordinator resumes.
 //! - [`tls`]: the certificate the coordinator presents: loaded, or generated and written down so
 //!   clients can trust it.
 //! - [`server`]: the QUIC endpoint and its accept loop; [`connection`] serves one client.
@@ -12,6 +13,7 @@
 
 pub mod history_store;
 pub mod server;
+pub mod session_store;
 pub mod state;
 pub mod tls;
 

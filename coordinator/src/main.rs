@@ -28,7 +28,8 @@ struct Opt {
     #[arg(long, env = "TASK_SHARDING_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
 
-    /// Where the coordinator keeps its state: the timing history (history.redb), and the
+    /// Where the coordinator keeps its state: the timing history (history.redb), the sessions
+    /// (sessions.redb, so that a restarted coordinator resumes them), and the
     /// generated certificate in STATE_DIR/tls unless --tls-dir or --cert say otherwise.
     /// [default: $XDG_STATE_HOME/task-sharding, else ~/.local/state/task-sharding]
     #[arg(long, env = "TASK_SHARDING_STATE_DIR")]
@@ -78,6 +79,16 @@ struct Opt {
     /// results.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     session_ttl: Duration,
+
+    /// After a restart, how long a client keeps the tasks it was running before they go to
+    /// others: the time it has to reconnect and resume.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    resume_grace: Duration,
+
+    /// Never give idle clients backup copies of long tasks still running elsewhere (by default
+    /// they do, and the first copy to finish wins). For tasks that must not run twice at once.
+    #[arg(long)]
+    no_backups: bool,
 
     /// The most tasks handed to a client at once.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
@@ -136,11 +147,14 @@ async fn run(opt: Opt) -> Result<()> {
         max_batch: opt.max_batch,
         session_ttl: opt.session_ttl,
         max_sessions: opt.max_sessions,
+        resume_grace: opt.resume_grace,
+        backups: !opt.no_backups,
         ..Policy::default()
     };
     config.idle_timeout = opt.idle_timeout;
     config.max_connections = opt.max_connections;
     config.history_path = Some(state_dir.join("history.redb"));
+    config.sessions_path = Some(state_dir.join("sessions.redb"));
     if let Some(client_ca) = &client_ca {
         tracing::info!(
             client_ca = %client_ca.path.display(),

@@ -3,14 +3,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use tokio::sync::Semaphore;
 
 use crate::connection::{self, Limits};
 use crate::hub::Hub;
-use crate::state::Policy;
+use crate::session_store::SessionStore;
+use crate::state::{Coordinator, Policy};
 use crate::tls::{ClientCa, TlsIdentity};
 
 /// Everything the server needs to start.
@@ -31,6 +32,8 @@ pub struct ServerConfig {
     pub max_frame_len: usize,
     /// Where timing history is kept across restarts; `None` keeps it in memory only.
     pub history_path: Option<std::path::PathBuf>,
+    /// Where sessions are kept across restarts; `None` keeps them in memory only.
+    pub sessions_path: Option<std::path::PathBuf>,
     /// When set, every client must present a certificate issued by one of these CAs (mutual
     /// TLS), on top of the token; `None` asks clients for no certificate.
     pub client_ca: Option<ClientCa>,
@@ -47,6 +50,7 @@ impl ServerConfig {
             max_connections: 10_000,
             max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
             history_path: None,
+            sessions_path: None,
             client_ca: None,
         }
     }
@@ -97,11 +101,22 @@ impl Server {
             Some(path) => Box::new(crate::history_store::HistoryStore::open(path)?),
             None => Box::new(crate::state::history::MemoryHistory::default()),
         };
+        let (state, store) = match &config.sessions_path {
+            Some(path) => {
+                let store = SessionStore::open(path)?;
+                let snapshot = store
+                    .load()
+                    .with_context(|| format!("cannot read the session store {}", path.display()))?;
+                let state = Coordinator::restore(config.policy, history, snapshot, Instant::now());
+                (state, Some(store))
+            }
+            None => (Coordinator::with_history(config.policy, history), None),
+        };
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(config.policy, history, config.max_frame_len)),
+            hub: Arc::new(Hub::new(state, store, config.max_frame_len)),
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),
@@ -127,6 +142,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let housekeeping = tokio::spawn(housekeeping(self.hub.clone()));
+        let persisting = tokio::spawn(persisting(self.hub.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -152,6 +168,11 @@ impl Server {
             }
         }
         housekeeping.abort();
+        persisting.abort();
+        let _ = persisting.await;
+        // Store the sessions as they are before the connections close, and keep the closing
+        // from returning leases: the clients resume them when the coordinator is back.
+        self.hub.freeze();
         let (connections, sessions) = self.hub.counts();
         tracing::info!(connections, sessions, "shutting down");
         self.endpoint
@@ -161,6 +182,21 @@ impl Server {
         Ok(())
     }
 }
+
+/// Several times a second: writes what changed in the sessions to the store. A coordinator killed
+/// outright loses at most the last interval, which clients re-send when they resume.
+async fn persisting(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(PERSIST_INTERVAL);
+    loop {
+        tick.tick().await;
+        let hub = hub.clone();
+        // The write blocks (it waits for the disk); keep it off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || hub.persist()).await;
+    }
+}
+
+/// How often changed sessions are written.
+const PERSIST_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Every couple of seconds: forgets expired sessions and writes the timing history.
 async fn housekeeping(hub: Arc<Hub>) {

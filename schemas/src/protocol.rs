@@ -10,7 +10,7 @@
 //!   Join {session key, digest}         ->
 //!                                      <-  NeedSchema         (no such session yet)
 //!   Join {session key, digest, schema} ->
-//!                                      <-  Joined             (or Error, then close)
+//!                                      <-  Joined {ticket}    (or Error, then close)
 //!   Request {max tasks}                ->
 //!                                      <-  Assignment {task ids}   (when there is work)
 //!   Results [...]                      ->
@@ -19,6 +19,11 @@
 //!                                      <-  Abort {task ids}   (a copy someone else finished)
 //!                                      <-  Complete {every task's result, and who ran it}
 //! ```
+//!
+//! A client that lost its connection (or whose coordinator restarted) connects again and joins
+//! with `resume: Some(ticket)`, the ticket its first `Joined` gave it: it is the same member of
+//! the session again, keeps the tasks leased to it, and re-sends the results it reported (the
+//! coordinator records each task's result once and ignores the rest).
 //!
 //! Work is pulled: a `Request` is answered when there is something to hand out, which may be
 //! later — when another client's lease comes back, or never, when the session completes first.
@@ -32,13 +37,26 @@ use serde::{Deserialize, Serialize};
 use crate::schema::{Schema, SchemaDigest};
 
 /// The version of this protocol. Bump it on any change to the messages' encoding.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The TLS application protocol (ALPN) that names this protocol and its version.
-pub const ALPN: &[u8] = b"task-sharding/1";
+pub const ALPN: &[u8] = b"task-sharding/2";
 
 /// A task's index in its session's schema.
 pub type TaskId = u32;
+
+/// A member's proof that it is the client that joined a session before: a random secret the
+/// coordinator hands out in [`Joined`] and accepts, in a later [`Join`] with the same session key,
+/// as that same member (its leases, its name). Never valid for another session.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ticket(pub [u8; 16]);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret: never in logs.
+        f.write_str("Ticket(..)")
+    }
+}
 
 /// A message from a client to the coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +118,13 @@ pub struct Join {
     /// Where the coordinator files these tasks' timing history, so that the same task in a later
     /// run (another session) finds it: e.g. `bazel:<repository>` or `run:<schema name>`.
     pub history_scope: String,
+    /// The ticket of an earlier join to this session, when this client is coming back.
+    pub resume: Option<Ticket>,
+    /// With `resume`: the tasks this client is running or has run in this session. A
+    /// coordinator that restarted without having stored their leases (it was killed within
+    /// moments of handing them out) gives the queued ones back to this client rather than to
+    /// another, and so accepts the results it re-sends.
+    pub running: Vec<TaskId>,
 }
 
 impl Join {
@@ -117,6 +142,8 @@ impl Join {
             task_count: schema.tasks.len() as u32,
             schema: with_schema.then(|| schema.clone()),
             history_scope,
+            resume: None,
+            running: Vec::new(),
         }
     }
 }
@@ -241,6 +268,9 @@ pub enum ErrorCode {
     Busy,
     /// The coordinator is shutting down.
     ShuttingDown,
+    /// A join presented a ticket no member of that session holds: the session was forgotten and
+    /// started again, or the ticket is from another session. Join again without one.
+    UnknownTicket,
 }
 
 /// The coordinator's answer to a hello.
@@ -257,6 +287,10 @@ pub struct Welcome {
 pub struct Joined {
     /// Whether this join created the session.
     pub created: bool,
+    /// Whether this client came back as the member its `resume` ticket names.
+    pub resumed: bool,
+    /// What to present to come back as this member after losing the connection.
+    pub ticket: Ticket,
     /// Tasks in the session.
     pub tasks: u32,
     /// Tasks that already have a result.
@@ -378,6 +412,8 @@ mod tests {
                 task_count: 2,
                 schema: Some(schema.clone()),
                 history_scope: "run:s".into(),
+                resume: Some(Ticket([7; 16])),
+                running: vec![1],
             }),
             ClientMessage::Request(WorkRequest {
                 max_tasks: 5,
@@ -399,6 +435,8 @@ mod tests {
             }),
             ServerMessage::Joined(Joined {
                 created: true,
+                resumed: false,
+                ticket: Ticket([9; 16]),
                 tasks: 2,
                 finished: 0,
                 clients: 1,

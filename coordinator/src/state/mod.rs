@@ -6,6 +6,7 @@
 //! disconnects and races are tested deterministically (see `tests` below).
 
 pub mod history;
+pub mod persist;
 pub mod scheduler;
 mod session;
 
@@ -13,13 +14,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::{rngs::StdRng, RngCore as _, SeedableRng as _};
 use schemas::{
-    ClientMessage, ErrorCode, ErrorMessage, FrameError, Hello, Join, ServerMessage, Welcome,
-    PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, ErrorMessage, FrameError, Hello, Join, ServerMessage, Ticket,
+    Welcome, PROTOCOL_VERSION,
 };
 use subtle::ConstantTimeEq;
 
 use history::{History, MemoryHistory};
+use persist::{Journal, MemberIdx, Snapshot};
 use scheduler::{Batching, Order};
 use session::{Scheduling, Session, UnknownTask};
 
@@ -66,6 +69,9 @@ pub struct Policy {
     pub batching: Batching,
     /// Whether idle clients get backup copies of long tasks still running elsewhere.
     pub backups: bool,
+    /// After a restart, how long a member keeps its leases waiting for it to come back before
+    /// they go to others.
+    pub resume_grace: Duration,
 }
 
 impl Default for Policy {
@@ -78,6 +84,7 @@ impl Default for Policy {
             order: Order::LongestFirst,
             batching: Batching::Guided,
             backups: true,
+            resume_grace: Duration::from_secs(30),
         }
     }
 }
@@ -86,14 +93,21 @@ impl Default for Policy {
 const MAX_CLIENT_ID_LEN: usize = 256;
 /// The longest session key accepted.
 const MAX_SESSION_KEY_LEN: usize = 1024;
+/// The most members one session takes: far more than any CI matrix, few enough that a client
+/// joining in a loop cannot grow a session without bound.
+const MAX_MEMBERS: usize = 10_000;
+
+/// After a restart, the longest queued work is held back for clients to come back and claim the
+/// tasks they were running.
+const MAX_SETTLE: Duration = Duration::from_secs(5);
 
 /// A connected client.
 #[derive(Debug, Default)]
 struct Client {
     /// The client's id, once its hello was accepted.
     client_id: Option<String>,
-    /// The key of the session it joined.
-    session: Option<String>,
+    /// The key of the session it joined, and which member of it it is.
+    session: Option<(String, MemberIdx)>,
 }
 
 /// Every session and every connection, and the rules.
@@ -110,6 +124,13 @@ pub struct Coordinator {
     pending: HashMap<String, PendingSession>,
     /// How long tasks took before.
     history: Box<dyn History>,
+    /// Keys of sessions forgotten since the last journal, whose stored rows must go.
+    forgotten: Vec<String>,
+    /// Set while shutting down: connections closing then are not clients leaving, and their
+    /// leases stay stored for when the coordinator is back.
+    frozen: bool,
+    /// Where tickets come from.
+    rng: StdRng,
 }
 
 /// A session key waiting for its schema.
@@ -135,6 +156,76 @@ impl Coordinator {
             sessions: HashMap::new(),
             pending: HashMap::new(),
             history,
+            forgotten: Vec::new(),
+            frozen: false,
+            rng: StdRng::from_entropy(),
+        }
+    }
+
+    /// A coordinator resuming the sessions of `snapshot` (what a previous run stored), with every
+    /// member away until it comes back.
+    pub fn restore(
+        policy: Policy,
+        history: Box<dyn History>,
+        snapshot: Snapshot,
+        now: Instant,
+    ) -> Self {
+        let mut coordinator = Self::with_history(policy, history);
+        for stored in snapshot.sessions {
+            if stored.row.schema.validate().is_err()
+                || stored.row.schema.digest() != stored.row.digest
+            {
+                tracing::warn!(session = %stored.key, "dropped a stored session that does not match its digest");
+                coordinator.forgotten.push(stored.key);
+                continue;
+            }
+            let known = coordinator
+                .history
+                .lookup(&stored.row.history_scope, &stored.row.schema.tasks);
+            let key = stored.key.clone();
+            // Hold queued work back briefly while clients come back (see `Session::restore`).
+            let settle = coordinator.policy.resume_grace.min(MAX_SETTLE);
+            let session = Session::restore(
+                key.clone(),
+                stored,
+                &known,
+                coordinator.scheduling(),
+                settle,
+                now,
+            );
+            coordinator.sessions.insert(key, session);
+        }
+        if !coordinator.sessions.is_empty() {
+            tracing::info!(
+                sessions = coordinator.sessions.len(),
+                "resumed stored sessions"
+            );
+        }
+        coordinator
+    }
+
+    /// What changed since the last call, for the store.
+    pub fn journal(&mut self) -> Journal {
+        let mut journal = Journal::default();
+        journal.cleared.extend(self.forgotten.drain(..));
+        for session in self.sessions.values_mut() {
+            session.journal(&mut journal);
+        }
+        journal
+    }
+
+    /// From now on connections closing are the coordinator shutting down, not clients leaving:
+    /// leases stay where they are (and stored) for the clients to resume after a restart.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    fn scheduling(&self) -> Scheduling {
+        Scheduling {
+            order: self.policy.order,
+            batching: self.policy.batching,
+            backups: self.policy.backups,
+            max_batch: self.policy.max_batch,
         }
     }
 
@@ -167,7 +258,9 @@ impl Coordinator {
             ),
             (true, ClientMessage::Join(join)) => self.join(conn, join, now),
             (true, ClientMessage::Request(request)) => match self.session_of(conn) {
-                Some(session) => session.request(conn, request.max_tasks, request.overhead_ms, now),
+                Some((session, idx)) => {
+                    session.request(idx, request.max_tasks, request.overhead_ms, now)
+                }
                 None => refuse(
                     conn,
                     ErrorCode::ProtocolViolation,
@@ -178,16 +271,18 @@ impl Coordinator {
                 .clients
                 .get(&conn)
                 .and_then(|c| c.session.as_ref())
-                .and_then(|key| self.sessions.get_mut(key))
+                .and_then(|(key, idx)| Some((self.sessions.get_mut(key)?, *idx)))
             {
-                Some(session) => match session.report(conn, reports, self.history.as_mut(), now) {
-                    Ok(actions) => actions,
-                    Err(UnknownTask(task)) => refuse(
-                        conn,
-                        ErrorCode::ProtocolViolation,
-                        format!("reported task {task}, which the session does not have"),
-                    ),
-                },
+                Some((session, idx)) => {
+                    match session.report(idx, reports, self.history.as_mut(), now) {
+                        Ok(actions) => actions,
+                        Err(UnknownTask(task)) => refuse(
+                            conn,
+                            ErrorCode::ProtocolViolation,
+                            format!("reported task {task}, which the session does not have"),
+                        ),
+                    }
+                }
                 None => refuse(
                     conn,
                     ErrorCode::ProtocolViolation,
@@ -220,8 +315,14 @@ impl Coordinator {
         let Some(client) = self.clients.remove(&conn) else {
             return Vec::new();
         };
-        match client.session.and_then(|key| self.sessions.get_mut(&key)) {
-            Some(session) => session.leave(conn, now),
+        if self.frozen {
+            return Vec::new();
+        }
+        match client
+            .session
+            .and_then(|(key, idx)| Some((self.sessions.get_mut(&key)?, idx)))
+        {
+            Some((session, idx)) => session.leave(idx, now),
             None => self.forget_pending(conn),
         }
     }
@@ -246,9 +347,18 @@ impl Coordinator {
         actions
     }
 
-    /// Forgets sessions that completed, or lost their last client, at least the session ttl ago.
-    /// Returns the keys it forgot.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Time passed: hands the leases of members that did not come back after a restart to
+    /// others, and forgets sessions that completed, or lost their last client, at least the
+    /// session ttl ago. Returns what to send, and the keys it forgot.
+    pub fn tick(&mut self, now: Instant) -> (Vec<Action>, Vec<String>) {
+        if self.frozen {
+            return (Vec::new(), Vec::new());
+        }
+        let grace = self.policy.resume_grace;
+        let mut actions = Vec::new();
+        for session in self.sessions.values_mut() {
+            actions.extend(session.release_away(now, grace));
+        }
         let ttl = self.policy.session_ttl;
         let expired: Vec<String> = self
             .sessions
@@ -259,7 +369,8 @@ impl Coordinator {
         for key in &expired {
             self.sessions.remove(key);
         }
-        expired
+        self.forgotten.extend(expired.iter().cloned());
+        (actions, expired)
     }
 
     /// How many sessions are held.
@@ -413,44 +524,89 @@ impl Coordinator {
                 tracing::info!(session = %join.session_key, schema = %schema.name,
                     tasks = schema.tasks.len(), digest = %digest.short(), "new session");
                 let known = self.history.lookup(&join.history_scope, &schema.tasks);
-                let scheduling = Scheduling {
-                    order: self.policy.order,
-                    batching: self.policy.batching,
-                    backups: self.policy.backups,
-                    max_batch: self.policy.max_batch,
-                };
                 let session = Session::new(
                     join.session_key.clone(),
                     schema,
                     digest,
                     join.history_scope,
                     &known,
-                    scheduling,
+                    self.scheduling(),
                     now,
                 );
                 self.sessions.insert(join.session_key.clone(), session);
                 true
             }
         };
+        let ticket = self.new_ticket();
         let session = self.sessions.get_mut(&join.session_key).expect("present");
-        tracing::info!(%conn, session = %join.session_key, client = %client_id, "joined");
-        let mut actions = session.join(conn, client_id, created);
+        let (idx, mut actions) = match join.resume {
+            // A client coming back to a session that still exists must be the member it says.
+            Some(presented) if !created => {
+                match session.resume(conn, presented, &join.running, now) {
+                    Some((idx, old, actions)) => {
+                        tracing::info!(%conn, session = %join.session_key, client = %client_id,
+                        "a client came back");
+                        if let Some(old) = old {
+                            // The client gave up on its old connection; so does the coordinator.
+                            if let Some(client) = self.clients.get_mut(&old) {
+                                client.session = None;
+                            }
+                        }
+                        let mut all = actions;
+                        if let Some(old) = old {
+                            all.push(Action::Close(old));
+                        }
+                        (idx, all)
+                    }
+                    None => {
+                        tracing::warn!(session = %join.session_key, client = %client_id,
+                        "refused a ticket that is not of this session");
+                        return refuse(
+                            conn,
+                            ErrorCode::UnknownTicket,
+                            format!(
+                                "session {:?} has no member with this ticket (it may have been \
+                             forgotten and started again); join again without one",
+                                join.session_key
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {
+                if session.member_count() >= MAX_MEMBERS {
+                    return refuse(
+                        conn,
+                        ErrorCode::Busy,
+                        format!("the session has its maximum of {MAX_MEMBERS} members"),
+                    );
+                }
+                tracing::info!(%conn, session = %join.session_key, client = %client_id, "joined");
+                session.join(conn, client_id, ticket, created)
+            }
+        };
         // The clients that waited for this session can join it now.
         let parked = self
             .pending
             .remove(&join.session_key)
             .map(|p| p.parked)
             .unwrap_or_default();
-        self.clients.get_mut(&conn).expect("present").session = Some(join.session_key);
+        self.clients.get_mut(&conn).expect("present").session = Some((join.session_key, idx));
         for (waiting, their_join) in parked {
             actions.extend(self.join(waiting, their_join, now));
         }
         actions
     }
 
-    fn session_of(&mut self, conn: ConnId) -> Option<&mut Session> {
-        let key = self.clients.get(&conn)?.session.as_ref()?;
-        self.sessions.get_mut(key)
+    fn session_of(&mut self, conn: ConnId) -> Option<(&mut Session, MemberIdx)> {
+        let (key, idx) = self.clients.get(&conn)?.session.as_ref()?;
+        Some((self.sessions.get_mut(key)?, *idx))
+    }
+
+    fn new_ticket(&mut self) -> Ticket {
+        let mut bytes = [0; 16];
+        self.rng.fill_bytes(&mut bytes);
+        Ticket(bytes)
     }
 }
 

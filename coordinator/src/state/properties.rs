@@ -1,16 +1,20 @@
 //! Property test of the state machine: under random interleavings of joins, requests, reports
-//! (including late, duplicate and foreign ones), disconnects and time passing, the bookkeeping
-//! stays consistent, no task is held by more than its holder and one backup copy, every session
-//! completes once its clients do the work, each task's result is recorded once, and every client
-//! of a session receives the same report.
+//! (including late, duplicate, re-sent and foreign ones), disconnects, partitions (the client
+//! lives on and comes back with its ticket), time passing, and coordinator restarts from what was
+//! stored (gracefully, or killed with the last changes unwritten), the bookkeeping stays
+//! consistent, no task is held by more than its holder and one backup copy, a stored result never
+//! changes, every session completes once its clients do the work, each task's result is recorded
+//! once, and every client of a session receives the same report.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use schemas::{
-    ClientInfo, Outcome, Schema, SessionReport, TaskId, TaskReport, TaskResult, WorkRequest,
+    ClientInfo, ErrorCode, Outcome, Schema, SessionReport, TaskId, TaskRecord, TaskReport,
+    TaskResult, Ticket, WorkRequest,
 };
 
+use super::persist::{MemoryStore, SlotState};
 use super::*;
 
 const CLIENTS: u8 = 4;
@@ -19,29 +23,45 @@ const SESSIONS: [&str; 2] = ["a", "b"];
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// Client slot connects (if it is not) and joins one of the sessions.
+    /// Client slot connects (if it is not) and joins one of the sessions; with a ticket for that
+    /// session, it comes back as that member.
     Join(u8, usize),
     /// Client slot asks for work.
     Request(u8),
-    /// Client slot reports the first `n` tasks it holds, with this outcome and executed flag.
+    /// Client slot reports the first `n` tasks it runs, with this outcome and executed flag.
     Report(u8, usize, bool, bool),
+    /// Client slot re-sends every result it reported (as a client does after coming back).
+    Resend(u8),
     /// Client slot reports a task it may not hold (late, duplicate, or never assigned).
     ReportAny(u8, TaskId),
-    /// Client slot's connection ends.
-    Disconnect(u8),
+    /// Client slot joins a session presenting the ticket of the other session (a replay).
+    JoinForeign(u8, usize),
+    /// Client slot's process dies: its connection ends and it is gone.
+    Kill(u8),
+    /// Client slot's connection ends, but it lives on, still running its tasks.
+    Partition(u8),
     /// Time passes.
     Wait(u64),
+    /// The server writes the journal to the store.
+    Flush,
+    /// The coordinator restarts from the store: after writing it (graceful) or not (killed).
+    Restart(bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..CLIENTS, 0..SESSIONS.len()).prop_map(|(c, s)| Step::Join(c, s)),
-        (0..CLIENTS).prop_map(Step::Request),
-        (0..CLIENTS, 1..4usize, any::<bool>(), any::<bool>())
+        4 => (0..CLIENTS, 0..SESSIONS.len()).prop_map(|(c, s)| Step::Join(c, s)),
+        4 => (0..CLIENTS).prop_map(Step::Request),
+        4 => (0..CLIENTS, 1..4usize, any::<bool>(), any::<bool>())
             .prop_map(|(c, n, failed, executed)| Step::Report(c, n, failed, executed)),
-        (0..CLIENTS, 0..TASKS as TaskId).prop_map(|(c, t)| Step::ReportAny(c, t)),
-        (0..CLIENTS).prop_map(Step::Disconnect),
-        (0..3_000u64).prop_map(Step::Wait),
+        1 => (0..CLIENTS).prop_map(Step::Resend),
+        1 => (0..CLIENTS, 0..TASKS as TaskId).prop_map(|(c, t)| Step::ReportAny(c, t)),
+        1 => (0..CLIENTS, 0..SESSIONS.len()).prop_map(|(c, s)| Step::JoinForeign(c, s)),
+        1 => (0..CLIENTS).prop_map(Step::Kill),
+        1 => (0..CLIENTS).prop_map(Step::Partition),
+        2 => prop_oneof![0..3_000u64, 0..40_000u64].prop_map(Step::Wait),
+        2 => Just(Step::Flush),
+        1 => any::<bool>().prop_map(Step::Restart),
     ]
 }
 
@@ -50,14 +70,22 @@ fn step() -> impl Strategy<Value = Step> {
 struct Slot {
     /// Its current connection, if connected.
     conn: Option<ConnId>,
-    /// The session it joined on that connection.
+    /// The session it joined, or is joining, on that connection.
     session: Option<usize>,
-    /// Tasks assigned to it and not yet reported, aborted or lost.
+    /// Its ticket, and for which session: kept while the process lives.
+    ticket: Option<(usize, Ticket)>,
+    /// Tasks assigned to it on its current connection and not yet reported or aborted.
     holding: BTreeSet<TaskId>,
+    /// Tasks it still runs from before it lost a connection: it may report them after coming
+    /// back, but the coordinator may have handed them to others meanwhile.
+    stale: BTreeSet<TaskId>,
+    /// Every result it reported, to re-send.
+    reported: Vec<TaskReport>,
 }
 
 struct Model {
     coordinator: Coordinator,
+    store: MemoryStore,
     now: Instant,
     next_conn: u64,
     slots: Vec<Slot>,
@@ -66,6 +94,8 @@ struct Model {
     assigned_to: BTreeMap<(usize, TaskId), BTreeSet<String>>,
     /// The reports received, per session.
     reports: BTreeMap<usize, Vec<SessionReport>>,
+    /// Results seen in the store: a stored result must never change.
+    durable: BTreeMap<(String, TaskId), TaskRecord>,
 }
 
 fn client_id(slot: u8) -> String {
@@ -82,6 +112,7 @@ impl Model {
         }
         Model {
             coordinator,
+            store: MemoryStore::default(),
             now: Instant::now(),
             next_conn: 1,
             slots: (0..CLIENTS).map(|_| Slot::default()).collect(),
@@ -91,6 +122,7 @@ impl Model {
                 .collect(),
             assigned_to: BTreeMap::new(),
             reports: BTreeMap::new(),
+            durable: BTreeMap::new(),
         }
     }
 
@@ -109,6 +141,10 @@ impl Model {
                     };
                     let slot = &mut self.slots[index];
                     match &*message {
+                        ServerMessage::Joined(joined) => {
+                            let session = slot.session.expect("joined a session");
+                            slot.ticket = Some((session, joined.ticket));
+                        }
                         ServerMessage::Assignment(assignment) => {
                             let session = slot.session.expect("assigned before joining");
                             for &task in &assignment.tasks {
@@ -122,6 +158,7 @@ impl Model {
                         ServerMessage::Abort(tasks) => {
                             for task in tasks {
                                 slot.holding.remove(task);
+                                slot.stale.remove(task);
                             }
                         }
                         ServerMessage::Complete(report) => {
@@ -131,16 +168,25 @@ impl Model {
                                 .or_default()
                                 .push(report.clone());
                             slot.holding.clear();
+                            slot.stale.clear();
+                        }
+                        ServerMessage::Error(error) if error.code == ErrorCode::UnknownTicket => {
+                            // The session was forgotten and started again: join it afresh.
+                            slot.ticket = None;
                         }
                         ServerMessage::NeedSchema => {
                             // Join again, with the schema.
                             let session = slot.session.expect("asked for a schema");
-                            let join = Join::new(
-                                SESSIONS[session].into(),
-                                &self.schemas[session],
-                                "scope".into(),
-                                true,
-                            );
+                            let resume = slot.ticket.and_then(|(s, t)| (s == session).then_some(t));
+                            let join = Join {
+                                resume,
+                                ..Join::new(
+                                    SESSIONS[session].into(),
+                                    &self.schemas[session],
+                                    "scope".into(),
+                                    true,
+                                )
+                            };
                             let more =
                                 self.coordinator
                                     .handle(conn, ClientMessage::Join(join), self.now);
@@ -153,108 +199,229 @@ impl Model {
             }
         }
         for conn in closed {
-            self.disconnect_conn(conn);
+            self.partition(conn);
         }
     }
 
-    fn disconnect_conn(&mut self, conn: ConnId) {
+    /// `conn` ends; its client lives on.
+    fn partition(&mut self, conn: ConnId) {
         if let Some(index) = self.slot_of(conn) {
-            self.slots[index] = Slot::default();
+            let slot = &mut self.slots[index];
+            slot.conn = None;
+            slot.session = None;
+            let holding = std::mem::take(&mut slot.holding);
+            slot.stale.extend(holding);
         }
         let actions = self.coordinator.disconnect(conn, self.now);
         self.apply(actions);
     }
 
+    fn send(&mut self, index: u8, message: ClientMessage) {
+        if let Some(conn) = self.slots[index as usize].conn {
+            let actions = self.coordinator.handle(conn, message, self.now);
+            self.apply(actions);
+        }
+    }
+
+    fn connect(&mut self, index: u8, session: usize) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.coordinator.connect(conn);
+        let hello = ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: client_id(index),
+            token: None,
+            info: ClientInfo::default(),
+        });
+        let slot = &mut self.slots[index as usize];
+        slot.conn = Some(conn);
+        slot.session = Some(session);
+        let actions = self.coordinator.handle(conn, hello, self.now);
+        self.apply(actions);
+        conn
+    }
+
+    fn join(&mut self, index: u8, session: usize, resume: Option<Ticket>) {
+        let join = Join {
+            resume,
+            running: {
+                // What it runs and what it ran, with repeats, as a client sends them.
+                let slot = &self.slots[index as usize];
+                slot.stale
+                    .iter()
+                    .copied()
+                    .chain(slot.reported.iter().map(|r| r.task))
+                    .collect()
+            },
+            ..Join::new(
+                SESSIONS[session].into(),
+                &self.schemas[session],
+                "scope".into(),
+                false,
+            )
+        };
+        self.send(index, ClientMessage::Join(join));
+    }
+
     fn run(&mut self, step: &Step) {
         match *step {
             Step::Join(index, session) => {
-                if self.slots[index as usize].conn.is_some() {
+                let slot = &self.slots[index as usize];
+                if slot.conn.is_some() {
                     return;
                 }
-                let conn = ConnId(self.next_conn);
-                self.next_conn += 1;
-                self.coordinator.connect(conn);
-                let hello = ClientMessage::Hello(Hello {
-                    protocol_version: PROTOCOL_VERSION,
-                    client_id: client_id(index),
-                    token: None,
-                    info: ClientInfo::default(),
-                });
-                let actions = self.coordinator.handle(conn, hello, self.now);
-                self.slots[index as usize] = Slot {
-                    conn: Some(conn),
-                    session: Some(session),
-                    holding: BTreeSet::new(),
+                let resume = slot.ticket.and_then(|(s, t)| (s == session).then_some(t));
+                if resume.is_none() {
+                    // A client works for one session: what it ran belongs to the other one.
+                    let slot = &mut self.slots[index as usize];
+                    slot.stale.clear();
+                    slot.reported.clear();
+                }
+                self.connect(index, session);
+                self.join(index, session, resume);
+            }
+            Step::JoinForeign(index, session) => {
+                let slot = &self.slots[index as usize];
+                let Some((theirs, ticket)) = slot.ticket else {
+                    return;
                 };
-                self.apply(actions);
-                let join = Join::new(
-                    SESSIONS[session].into(),
-                    &self.schemas[session],
-                    "scope".into(),
-                    false,
-                );
+                // Only where the session exists: otherwise the join creates it, as a new member.
+                if slot.conn.is_some()
+                    || theirs == session
+                    || !self.coordinator.sessions.contains_key(SESSIONS[session])
+                {
+                    return;
+                }
+                let conn = self.connect(index, session);
+                let join = Join {
+                    resume: Some(ticket),
+                    ..Join::new(
+                        SESSIONS[session].into(),
+                        &self.schemas[session],
+                        "scope".into(),
+                        false,
+                    )
+                };
                 let actions = self
                     .coordinator
                     .handle(conn, ClientMessage::Join(join), self.now);
+                assert!(
+                    actions.iter().any(|a| matches!(a, Action::Send(_, m)
+                        if matches!(&**m, ServerMessage::Error(e) if e.code == ErrorCode::UnknownTicket))),
+                    "a foreign ticket was accepted: {actions:?}"
+                );
+                // The slot keeps its own ticket: it was a replay, not a forgotten session.
                 self.apply(actions);
+                self.slots[index as usize].ticket = Some((theirs, ticket));
             }
             Step::Request(index) => {
-                let Some(conn) = self.slots[index as usize].conn else {
-                    return;
-                };
                 let request = ClientMessage::Request(WorkRequest {
                     max_tasks: 3,
                     overhead_ms: 10,
                 });
-                let actions = self.coordinator.handle(conn, request, self.now);
-                self.apply(actions);
+                self.send(index, request);
             }
             Step::Report(index, n, failed, executed) => {
                 let slot = &mut self.slots[index as usize];
-                let Some(conn) = slot.conn else {
+                if slot.conn.is_none() {
                     return;
-                };
-                let tasks: Vec<TaskId> = slot.holding.iter().take(n).copied().collect();
+                }
+                let tasks: Vec<TaskId> = slot
+                    .holding
+                    .iter()
+                    .chain(&slot.stale)
+                    .take(n)
+                    .copied()
+                    .collect();
                 for task in &tasks {
                     slot.holding.remove(task);
+                    slot.stale.remove(task);
                 }
                 let outcome = if failed {
                     Outcome::Failed
                 } else {
                     Outcome::Passed
                 };
-                let reports = tasks
+                let reports: Vec<TaskReport> = tasks
                     .iter()
                     .map(|&task| report(task, outcome, executed))
                     .collect();
-                let actions =
-                    self.coordinator
-                        .handle(conn, ClientMessage::Results(reports), self.now);
-                self.apply(actions);
+                slot.reported.extend(reports.iter().cloned());
+                self.send(index, ClientMessage::Results(reports));
+            }
+            Step::Resend(index) => {
+                let reports = self.slots[index as usize].reported.clone();
+                self.send(index, ClientMessage::Results(reports));
             }
             Step::ReportAny(index, task) => {
-                let Some(conn) = self.slots[index as usize].conn else {
-                    return;
-                };
                 let reports = vec![report(task, Outcome::Passed, true)];
-                let actions =
-                    self.coordinator
-                        .handle(conn, ClientMessage::Results(reports), self.now);
-                self.apply(actions);
+                self.send(index, ClientMessage::Results(reports));
             }
-            Step::Disconnect(index) => {
+            Step::Kill(index) => {
                 if let Some(conn) = self.slots[index as usize].conn {
-                    self.disconnect_conn(conn);
+                    self.partition(conn);
+                }
+                self.slots[index as usize] = Slot::default();
+            }
+            Step::Partition(index) => {
+                if let Some(conn) = self.slots[index as usize].conn {
+                    self.partition(conn);
                 }
             }
             Step::Wait(ms) => {
                 self.now += Duration::from_millis(ms);
+                let (actions, _) = self.coordinator.tick(self.now);
+                self.apply(actions);
+            }
+            Step::Flush => self.flush(),
+            Step::Restart(graceful) => {
+                if graceful {
+                    self.coordinator.freeze();
+                    self.flush();
+                }
+                self.coordinator = Coordinator::restore(
+                    Policy::default(),
+                    Box::new(MemoryHistory::default()),
+                    self.store.snapshot(),
+                    self.now,
+                );
+                for slot in &mut self.slots {
+                    slot.conn = None;
+                    slot.session = None;
+                    let holding = std::mem::take(&mut slot.holding);
+                    slot.stale.extend(holding);
+                }
+            }
+        }
+    }
+
+    /// Writes the journal to the store and checks that no stored result changed.
+    fn flush(&mut self) {
+        let journal = self.coordinator.journal();
+        self.store.apply(&journal);
+        let snapshot = self.store.snapshot();
+        let keys: BTreeSet<&str> = snapshot.sessions.iter().map(|s| s.key.as_str()).collect();
+        self.durable
+            .retain(|(key, _), _| keys.contains(key.as_str()));
+        for session in &snapshot.sessions {
+            for (&task, row) in &session.slots {
+                if let SlotState::Done(record) = &row.state {
+                    let known = self
+                        .durable
+                        .entry((session.key.clone(), task))
+                        .or_insert_with(|| record.clone());
+                    assert_eq!(known, record, "a stored result changed");
+                }
+            }
+            // And what is stored is what the coordinator holds.
+            if let Some(live) = self.coordinator.sessions.get(&session.key) {
+                live.check_stored(session);
             }
         }
     }
 
     /// After every step: consistent bookkeeping, and no task held by more than two clients
-    /// (its holder and one backup copy).
+    /// (its holder and one backup copy) among those that got it on their current connection.
     fn check(&self) {
         for session in self.coordinator.sessions.values() {
             session.check_invariants();
@@ -272,11 +439,22 @@ impl Model {
         }
     }
 
-    /// Every client leaves; one diligent client per session then does whatever is left.
+    /// The clients still alive come back and report what they ran; then every client leaves,
+    /// and one diligent client per session does whatever is left.
     fn finish(&mut self) {
         for index in 0..CLIENTS {
-            self.run(&Step::Disconnect(index));
+            if let Some((session, _)) = self.slots[index as usize].ticket {
+                self.run(&Step::Join(index, session));
+                self.run(&Step::Resend(index));
+                self.run(&Step::Report(index, TASKS, false, true));
+            }
         }
+        for index in 0..CLIENTS {
+            self.run(&Step::Kill(index));
+        }
+        self.run(&Step::Wait(
+            Policy::default().resume_grace.as_millis() as u64
+        ));
         for session in 0..SESSIONS.len() {
             self.run(&Step::Join(0, session));
             for _ in 0..TASKS * 4 {
@@ -287,11 +465,10 @@ impl Model {
                 self.run(&Step::Report(0, TASKS, false, true));
             }
             self.check();
-            self.run(&Step::Disconnect(0));
+            self.run(&Step::Kill(0));
         }
     }
 }
-
 fn report(task: TaskId, outcome: Outcome, executed: bool) -> TaskReport {
     TaskReport {
         task,

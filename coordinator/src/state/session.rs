@@ -1,15 +1,18 @@
 //! One session: the tasks of one schema, who holds which, and what has finished.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use schemas::{
     Assignment, Joined, Progress, Schema, SchemaDigest, ServerMessage, SessionReport, TaskId,
-    TaskRecord, TaskReport,
+    TaskRecord, TaskReport, Ticket,
 };
 
 use super::history::History;
+use super::persist::{
+    Journal, MemberIdx, MemberRow, SessionRow, SlotRow, SlotState, StoredSession,
+};
 use super::scheduler::{self, Batching, Order};
 use super::{Action, ConnId};
 
@@ -33,22 +36,29 @@ enum Slot {
     Queued,
     /// Handed to a client, which has not reported it yet.
     Leased {
-        /// The connection holding the lease.
-        holder: ConnId,
+        /// The member holding the lease.
+        holder: MemberIdx,
         /// When it was handed out.
         since: Instant,
-        /// A second client running a backup copy; the first result wins.
-        backup: Option<ConnId>,
+        /// A second member running a backup copy; the first result wins.
+        backup: Option<MemberIdx>,
     },
     /// Finished; the result is final.
     Done(TaskRecord),
 }
 
-/// A client in the session.
+/// A client in the session, connected or not: a member that lost its connection may come back
+/// with its ticket.
 #[derive(Debug)]
 struct Member {
     /// The client's chosen name, recorded next to the results it produces.
     client_id: String,
+    /// What it presents to come back.
+    ticket: Ticket,
+    /// Its connection; `None` while it is away.
+    conn: Option<ConnId>,
+    /// Since when it is away (`None` while connected).
+    away_since: Option<Instant>,
     /// `Some(request)` while the client has asked for work and not been given any.
     waiting: Option<Waiting>,
     /// The tasks of its last assignment it has not reported yet (a backup copy is only made of a
@@ -94,15 +104,22 @@ pub(crate) struct Session {
     longest_seen: u64,
     /// One slot per task, indexed by task id.
     slots: Vec<Slot>,
+    /// Per task, every member it was ever leased to: whose reports count while it is open.
+    /// Emptied when it is done.
+    ever: Vec<Vec<MemberIdx>>,
     /// Queued task ids, next first. Returned leases go to the front: they were started first.
     queue: VecDeque<TaskId>,
     /// The known work in `queue`, in milliseconds, and how many queued tasks are unknown.
     queued: (u64, u64),
-    /// The connected clients. A `BTreeMap` so that iteration order, and so every decision, is
-    /// deterministic.
-    members: BTreeMap<ConnId, Member>,
+    /// Every client that joined, connected or away. A `BTreeMap` so that iteration order, and
+    /// so every decision, is deterministic.
+    members: BTreeMap<MemberIdx, Member>,
+    /// Members by ticket.
+    tickets: HashMap<Ticket, MemberIdx>,
+    /// How many members are connected.
+    connected: usize,
     /// Members waiting for work, in the order they asked.
-    waiting: VecDeque<ConnId>,
+    waiting: VecDeque<MemberIdx>,
     /// Tasks without a final result.
     remaining: usize,
     /// When the last result arrived; `None` while tasks remain.
@@ -111,6 +128,27 @@ pub(crate) struct Session {
     report: Option<Arc<ServerMessage>>,
     /// When the last member left (for forgetting abandoned sessions); `None` while any is here.
     empty_since: Option<Instant>,
+    /// After a restart: until when queued tasks are held back while members are still away.
+    /// A coordinator killed outright may not have stored the leases it handed out last; the
+    /// clients running those tasks claim them back when they return (see [`Session::resume`]),
+    /// and must not find them handed to someone else first.
+    settling_until: Option<Instant>,
+    /// What changed since the last [`Session::journal`]: whether the session is new, and which
+    /// members and tasks.
+    dirty: Dirty,
+}
+
+/// What of a session must be written to the store.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// The session is new: its key's old rows go, its own row is written.
+    fresh: bool,
+    /// Members to write.
+    members: Vec<MemberIdx>,
+    /// Tasks to write, each once (see `flags`).
+    tasks: Vec<TaskId>,
+    /// Which tasks are in `tasks`.
+    flags: Vec<bool>,
 }
 
 impl Session {
@@ -147,18 +185,177 @@ impl Session {
             observed: (0, 0),
             longest_seen: known.iter().flatten().copied().max().unwrap_or(0),
             slots: vec![Slot::Queued; count],
+            ever: vec![Vec::new(); count],
             queue,
             members: BTreeMap::new(),
+            tickets: HashMap::new(),
+            connected: 0,
             waiting: VecDeque::new(),
             remaining: count,
             completed_at: None,
             report: None,
             empty_since: Some(now),
+            settling_until: None,
+            dirty: Dirty {
+                fresh: true,
+                flags: vec![false; count],
+                ..Dirty::default()
+            },
         };
         if count == 0 {
             session.complete(now);
         }
         session
+    }
+
+    /// A session as it was stored, with every member away. Leases stay with their members for
+    /// a while (see [`Session::release_away`]), so that jobs still running their tasks when the
+    /// coordinator restarted keep them when they come back.
+    pub(crate) fn restore(
+        key: String,
+        stored: StoredSession,
+        known: &[Option<u64>],
+        scheduling: Scheduling,
+        settle: Duration,
+        now: Instant,
+    ) -> Self {
+        let StoredSession {
+            row,
+            members,
+            slots: stored_slots,
+            ..
+        } = stored;
+        let mut session = Session::new(
+            key,
+            row.schema,
+            row.digest,
+            row.history_scope,
+            known,
+            scheduling,
+            now,
+        );
+        session.dirty = Dirty {
+            flags: vec![false; session.slots.len()],
+            ..Dirty::default()
+        };
+        session.settling_until = Some(now + settle);
+        for (idx, member) in members {
+            session.tickets.insert(member.ticket, idx);
+            session.members.insert(
+                idx,
+                Member {
+                    client_id: member.client_id,
+                    ticket: member.ticket,
+                    conn: None,
+                    away_since: Some(now),
+                    waiting: None,
+                    running: Vec::new(),
+                },
+            );
+        }
+        let is_member = |idx: &MemberIdx| session.members.contains_key(idx);
+        let mut restored = Vec::new();
+        for (task, row) in stored_slots {
+            let Some(slot) = session.slots.get(task as usize) else {
+                continue;
+            };
+            debug_assert!(matches!(slot, Slot::Queued));
+            let ever: Vec<MemberIdx> = row.ever.into_iter().filter(is_member).collect();
+            let slot = match row.state {
+                SlotState::Queued => Slot::Queued,
+                SlotState::Leased { holder, backup } => match (is_member(&holder), backup) {
+                    (true, backup) => Slot::Leased {
+                        holder,
+                        since: now,
+                        backup: backup.filter(|b| is_member(b) && *b != holder),
+                    },
+                    (false, Some(copy)) if is_member(&copy) => Slot::Leased {
+                        holder: copy,
+                        since: now,
+                        backup: None,
+                    },
+                    _ => Slot::Queued,
+                },
+                SlotState::Done(mut record) => {
+                    record.task = task;
+                    Slot::Done(record)
+                }
+            };
+            restored.push((task, slot, ever));
+        }
+        let taken: std::collections::HashSet<TaskId> = restored
+            .iter()
+            .filter(|(_, slot, _)| !matches!(slot, Slot::Queued))
+            .map(|(task, _, _)| *task)
+            .collect();
+        session.queue.retain(|t| !taken.contains(t));
+        for (task, slot, ever) in restored {
+            let index = task as usize;
+            if taken.contains(&task) {
+                session.add_queued(task, -1);
+            }
+            if matches!(slot, Slot::Done(_)) {
+                session.remaining -= 1;
+            } else {
+                session.ever[index] = ever;
+            }
+            session.slots[index] = slot;
+        }
+        if session.remaining == 0 && !session.is_complete() {
+            session.complete(now);
+        }
+        session
+    }
+
+    /// Adds what changed since the last call to `journal`.
+    pub(crate) fn journal(&mut self, journal: &mut Journal) {
+        let dirty = &mut self.dirty;
+        if std::mem::take(&mut dirty.fresh) {
+            journal.cleared.insert(self.key.clone());
+            journal.sessions.insert(
+                self.key.clone(),
+                SessionRow {
+                    schema: (*self.schema).clone(),
+                    digest: self.digest,
+                    history_scope: self.history_scope.clone(),
+                },
+            );
+        }
+        for idx in dirty.members.drain(..) {
+            if let Some(member) = self.members.get(&idx) {
+                let row = MemberRow {
+                    client_id: member.client_id.clone(),
+                    ticket: member.ticket,
+                };
+                journal.members.insert((self.key.clone(), idx), row);
+            }
+        }
+        for task in dirty.tasks.drain(..) {
+            dirty.flags[task as usize] = false;
+            let index = task as usize;
+            let state = match &self.slots[index] {
+                Slot::Queued => SlotState::Queued,
+                Slot::Leased { holder, backup, .. } => SlotState::Leased {
+                    holder: *holder,
+                    backup: *backup,
+                },
+                Slot::Done(record) => SlotState::Done(record.clone()),
+            };
+            let row = SlotRow {
+                state,
+                ever: self.ever[index].clone(),
+            };
+            journal.slots.insert((self.key.clone(), task), row);
+        }
+    }
+
+    /// Marks a task's row as changed.
+    fn touch(&mut self, task: TaskId) {
+        let flag = &mut self.dirty.flags[task as usize];
+        if !*flag {
+            *flag = true;
+            self.dirty.tasks.push(task);
+        }
     }
 
     /// The schema's digest.
@@ -189,22 +386,102 @@ impl Session {
         now.saturating_duration_since(since) >= ttl
     }
 
-    /// Adds a client. It receives `Joined`, and `Complete` at once if the session already is.
-    pub(crate) fn join(&mut self, conn: ConnId, client_id: String, created: bool) -> Vec<Action> {
+    /// Adds a client as a new member. It receives `Joined` with its ticket, and `Complete` at
+    /// once if the session already is complete.
+    pub(crate) fn join(
+        &mut self,
+        conn: ConnId,
+        client_id: String,
+        ticket: Ticket,
+        created: bool,
+    ) -> (MemberIdx, Vec<Action>) {
+        let idx = self.members.keys().next_back().map_or(0, |last| last + 1);
         self.members.insert(
-            conn,
+            idx,
             Member {
                 client_id,
+                ticket,
+                conn: None,
+                away_since: None,
                 waiting: None,
                 running: Vec::new(),
             },
         );
+        self.tickets.insert(ticket, idx);
+        self.dirty.members.push(idx);
+        let actions = self.attach(idx, conn, created, false);
+        (idx, actions)
+    }
+
+    /// The member holding `ticket` comes back on `conn`, keeping its leases, and taking back
+    /// those of the tasks it is `running` (or ran) that are queued: their lease was not stored
+    /// before a restart, or went back when its connection was lost. Returns its index, the connection it had if it still had one (which
+    /// the caller closes: a client runs one connection at a time, so the old one is dead or
+    /// about to be), and what to send. `None` when no member of this session holds the ticket.
+    pub(crate) fn resume(
+        &mut self,
+        conn: ConnId,
+        ticket: Ticket,
+        running: &[TaskId],
+        now: Instant,
+    ) -> Option<(MemberIdx, Option<ConnId>, Vec<Action>)> {
+        let idx = *self.tickets.get(&ticket)?;
+        // Each once, however often the client named it.
+        let reclaimed: std::collections::BTreeSet<TaskId> = running
+            .iter()
+            .copied()
+            .filter(|&t| matches!(self.slots.get(t as usize), Some(Slot::Queued)))
+            .collect();
+        if !reclaimed.is_empty() {
+            tracing::info!(session = %self.key, tasks = reclaimed.len(),
+                "a client came back running tasks that were queued again; they stay with it");
+            self.queue.retain(|t| !reclaimed.contains(t));
+        }
+        for &task in &reclaimed {
+            self.add_queued(task, -1);
+            self.slots[task as usize] = Slot::Leased {
+                holder: idx,
+                since: now,
+                backup: None,
+            };
+            let ever = &mut self.ever[task as usize];
+            if !ever.contains(&idx) {
+                ever.push(idx);
+            }
+            self.touch(task);
+        }
+        let member = self.members.get_mut(&idx).expect("tickets name members");
+        let old = member.conn.take();
+        if old.is_some() {
+            self.connected -= 1;
+            member.waiting = None;
+            self.waiting.retain(|&m| m != idx);
+        }
+        let actions = self.attach(idx, conn, false, true);
+        Some((idx, old, actions))
+    }
+
+    /// Connects member `idx` on `conn` and tells it so.
+    fn attach(
+        &mut self,
+        idx: MemberIdx,
+        conn: ConnId,
+        created: bool,
+        resumed: bool,
+    ) -> Vec<Action> {
+        let member = self.members.get_mut(&idx).expect("a member");
+        member.conn = Some(conn);
+        member.away_since = None;
+        let ticket = member.ticket;
+        self.connected += 1;
         self.empty_since = None;
         let joined = ServerMessage::Joined(Joined {
             created,
+            resumed,
+            ticket,
             tasks: self.slots.len() as u32,
             finished: (self.slots.len() - self.remaining) as u32,
-            clients: self.members.len() as u32,
+            clients: self.connected as u32,
         });
         let mut actions = vec![Action::send(conn, joined)];
         if let Some(report) = &self.report {
@@ -213,10 +490,20 @@ impl Session {
         actions
     }
 
-    /// The client asks for up to `max_tasks` tasks; it gets them now or when some free up.
+    /// A member's name.
+    pub(crate) fn client_id(&self, idx: MemberIdx) -> &str {
+        self.members.get(&idx).map_or("", |m| m.client_id.as_str())
+    }
+
+    /// How many members the session has, connected or away.
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Member `idx` asks for up to `max_tasks` tasks; it gets them now or when some free up.
     pub(crate) fn request(
         &mut self,
-        conn: ConnId,
+        idx: MemberIdx,
         max_tasks: u32,
         overhead_ms: u32,
         now: Instant,
@@ -226,7 +513,7 @@ impl Session {
             return Vec::new();
         }
         let max_batch = self.scheduling.max_batch;
-        let Some(member) = self.members.get_mut(&conn) else {
+        let Some(member) = self.members.get_mut(&idx) else {
             return Vec::new();
         };
         member.running.clear();
@@ -235,18 +522,20 @@ impl Session {
             overhead_ms: u64::from(overhead_ms),
         };
         if member.waiting.replace(request).is_none() {
-            self.waiting.push_back(conn);
+            self.waiting.push_back(idx);
         }
         self.dispatch(now)
     }
 
-    /// Records results reported by `conn`. A result counts once: only a client running the task
-    /// (its lease holder, or the one with its backup copy) may report it; the first report wins
-    /// and the other copy is aborted; a late or duplicate report is ignored. Executed durations
-    /// go into the timing history.
+    /// Records results reported by member `idx`. A result counts once, and only from a member
+    /// the task was leased to: its lease holder, the one with its backup copy, or one that held
+    /// it before (a job that lost its connection and came back with the result of a task that is
+    /// still open). The first report wins and any other copy is aborted; a late or duplicate
+    /// report is ignored, and so is a report on a task never leased to this member (a replay).
+    /// Executed durations go into the timing history.
     pub(crate) fn report(
         &mut self,
-        conn: ConnId,
+        idx: MemberIdx,
         reports: Vec<TaskReport>,
         history: &mut dyn History,
         now: Instant,
@@ -254,7 +543,7 @@ impl Session {
         if let Some(bad) = reports.iter().find(|r| r.task as usize >= self.slots.len()) {
             return Err(UnknownTask(bad.task));
         }
-        let Some(member) = self.members.get_mut(&conn) else {
+        let Some(member) = self.members.get_mut(&idx) else {
             return Ok(Vec::new());
         };
         member
@@ -263,40 +552,55 @@ impl Session {
         let client_id = member.client_id.clone();
         let mut actions = Vec::new();
         for TaskReport { task, result } in reports {
-            let slot = &mut self.slots[task as usize];
-            let loser = match slot {
-                Slot::Leased { holder, backup, .. } if *holder == conn => backup.take(),
-                Slot::Leased { holder, backup, .. } if *backup == Some(conn) => Some(*holder),
+            let index = task as usize;
+            // The other copies still running, to abort.
+            let losers: Vec<MemberIdx> = match &self.slots[index] {
                 Slot::Done(_) => {
                     tracing::debug!(session = %self.key, task, "ignored a late or duplicate result");
                     continue;
                 }
-                Slot::Leased { .. } | Slot::Queued => {
+                _ if !self.ever[index].contains(&idx) => {
                     tracing::warn!(session = %self.key, task, client = %client_id,
-                        "ignored a result for a task not leased to this client");
+                        "ignored a result for a task never leased to this client");
                     continue;
+                }
+                Slot::Leased { holder, backup, .. } => [Some(*holder), *backup]
+                    .into_iter()
+                    .flatten()
+                    .filter(|&m| m != idx)
+                    .collect(),
+                Slot::Queued => {
+                    tracing::info!(session = %self.key, task, client = %client_id,
+                        "accepted the result of a task whose lease had gone back to the queue");
+                    self.queue.retain(|&t| t != task);
+                    self.add_queued(task, -1);
+                    Vec::new()
                 }
             };
             tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
             if result.executed {
-                let text = &self.schema.tasks[task as usize].task;
+                let text = &self.schema.tasks[index].task;
                 history.record(&self.history_scope, text, result.duration_ms);
                 self.observed.0 += result.duration_ms;
                 self.observed.1 += 1;
                 self.longest_seen = self.longest_seen.max(result.duration_ms);
             }
-            *slot = Slot::Done(TaskRecord {
+            self.slots[index] = Slot::Done(TaskRecord {
                 task,
                 result,
                 client: client_id.clone(),
             });
+            self.ever[index] = Vec::new();
+            self.touch(task);
             self.remaining -= 1;
-            if let Some(loser) = loser {
-                tracing::info!(session = %self.key, task, "the other copy of a task lost; aborting it");
+            for loser in losers {
+                tracing::info!(session = %self.key, task, "another copy of a task finished first; aborting this one");
                 if let Some(member) = self.members.get_mut(&loser) {
                     member.running.retain(|t| *t != task);
+                    if let Some(conn) = member.conn {
+                        actions.push(Action::send(conn, ServerMessage::Abort(vec![task])));
+                    }
                 }
-                actions.push(Action::send(loser, ServerMessage::Abort(vec![task])));
             }
         }
         if self.remaining == 0 && !self.is_complete() {
@@ -306,18 +610,54 @@ impl Session {
         Ok(actions)
     }
 
-    /// Removes a client. Its leased tasks go back to the front of the queue and on to any client
-    /// waiting for work, at once — unless another client runs a backup copy, which then holds
-    /// the lease.
-    pub(crate) fn leave(&mut self, conn: ConnId, now: Instant) -> Vec<Action> {
-        if self.members.remove(&conn).is_none() {
+    /// Member `idx` lost its connection. Its leased tasks go back to the front of the queue and
+    /// on to any client waiting for work, at once — unless another member runs a backup copy,
+    /// which then holds the lease. It stays a member: it may come back with its ticket.
+    pub(crate) fn leave(&mut self, idx: MemberIdx, now: Instant) -> Vec<Action> {
+        let Some(member) = self.members.get_mut(&idx) else {
+            return Vec::new();
+        };
+        if member.conn.take().is_none() {
             return Vec::new();
         }
-        self.waiting.retain(|&c| c != conn);
-        if self.members.is_empty() {
+        member.away_since = Some(now);
+        member.waiting = None;
+        member.running.clear();
+        self.connected -= 1;
+        self.waiting.retain(|&m| m != idx);
+        if self.connected == 0 {
             self.empty_since = Some(now);
         }
+        self.release(idx, now)
+    }
+
+    /// Releases the leases of members away for at least `grace`: after a restart, the members
+    /// that did not come back.
+    pub(crate) fn release_away(&mut self, now: Instant, grace: Duration) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.settling_until.is_some_and(|until| now >= until) {
+            self.settling_until = None;
+            actions.extend(self.dispatch(now));
+        }
+        let overdue: Vec<MemberIdx> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.away_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+            })
+            .map(|(&idx, _)| idx)
+            .collect();
+        for idx in overdue {
+            actions.extend(self.release(idx, now));
+        }
+        actions
+    }
+
+    /// Returns the leases member `idx` holds (see [`Session::leave`]).
+    fn release(&mut self, idx: MemberIdx, now: Instant) -> Vec<Action> {
         let mut returned = Vec::new();
+        let mut changed = Vec::new();
         for (task, slot) in self.slots.iter_mut().enumerate() {
             let Slot::Leased {
                 holder,
@@ -327,13 +667,15 @@ impl Session {
             else {
                 continue;
             };
-            if *backup == Some(conn) {
+            if *backup == Some(idx) {
                 *backup = None;
-            } else if *holder == conn {
+                changed.push(task as TaskId);
+            } else if *holder == idx {
                 match backup.take() {
                     Some(copy) => {
                         *holder = copy;
                         *since = now;
+                        changed.push(task as TaskId);
                     }
                     None => returned.push(task as TaskId),
                 }
@@ -341,10 +683,15 @@ impl Session {
         }
         if !returned.is_empty() {
             tracing::info!(session = %self.key, tasks = returned.len(),
-                "a client left holding leases; its tasks go back to the queue");
+                client = %self.client_id(idx),
+                "a client went away holding leases; its tasks go back to the queue");
+        }
+        for task in changed {
+            self.touch(task);
         }
         for &task in returned.iter().rev() {
             self.slots[task as usize] = Slot::Queued;
+            self.touch(task);
             self.queue.push_front(task);
             self.add_queued(task, 1);
         }
@@ -355,13 +702,20 @@ impl Session {
     /// idle clients backup copies of long tasks still running elsewhere.
     fn dispatch(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        while let Some(&conn) = self.waiting.front() {
-            let request = self.members[&conn].waiting.expect("a waiter has a request");
+        if self.settling_until.is_some() {
+            if self.connected < self.members.len() {
+                return actions;
+            }
+            // Everyone is back: nothing left to wait for.
+            self.settling_until = None;
+        }
+        while let Some(&idx) = self.waiting.front() {
+            let request = self.members[&idx].waiting.expect("a waiter has a request");
             let batch = if self.queue.is_empty() {
-                match self.backup_candidate(conn, request.overhead_ms, now) {
+                match self.backup_candidate(idx, request.overhead_ms, now) {
                     Some(task) => {
                         if let Slot::Leased { backup, .. } = &mut self.slots[task as usize] {
-                            *backup = Some(conn);
+                            *backup = Some(idx);
                         }
                         tracing::info!(session = %self.key, task, "handing out a backup copy of a long task");
                         vec![task]
@@ -371,7 +725,7 @@ impl Session {
             } else {
                 let target = scheduler::batch_target_ms(
                     self.queued_work_ms(),
-                    self.members.len(),
+                    self.connected.max(1),
                     request.overhead_ms,
                     self.longest_expected(),
                 );
@@ -386,21 +740,29 @@ impl Session {
                 for &task in &batch {
                     self.add_queued(task, -1);
                     self.slots[task as usize] = Slot::Leased {
-                        holder: conn,
+                        holder: idx,
                         since: now,
                         backup: None,
                     };
                 }
                 batch
             };
+            for &task in &batch {
+                let ever = &mut self.ever[task as usize];
+                if !ever.contains(&idx) {
+                    ever.push(idx);
+                }
+                self.touch(task);
+            }
             self.waiting.pop_front();
-            let member = self.members.get_mut(&conn).expect("waiters are members");
+            let member = self.members.get_mut(&idx).expect("waiters are members");
             member.waiting = None;
             member.running = batch.clone();
+            let conn = member.conn.expect("waiters are connected");
             let progress = Progress {
                 finished: (self.slots.len() - self.remaining) as u32,
                 total: self.slots.len() as u32,
-                clients: self.members.len() as u32,
+                clients: self.connected as u32,
             };
             actions.push(Action::send(
                 conn,
@@ -416,7 +778,7 @@ impl Session {
     /// The running task most worth a backup copy on `idle`: alone in its holder's batch, without
     /// a copy yet, and expected to run on for longer than it costs to start a copy. `None` when
     /// backups are off or nothing qualifies.
-    fn backup_candidate(&self, idle: ConnId, overhead_ms: u64, now: Instant) -> Option<TaskId> {
+    fn backup_candidate(&self, idle: MemberIdx, overhead_ms: u64, now: Instant) -> Option<TaskId> {
         if !self.scheduling.backups {
             return None;
         }
@@ -515,8 +877,9 @@ impl Session {
     fn broadcast_report(&self) -> Vec<Action> {
         let report = self.report.as_ref().expect("complete");
         self.members
-            .keys()
-            .map(|&conn| Action::Send(conn, report.clone()))
+            .values()
+            .filter_map(|member| member.conn)
+            .map(|conn| Action::Send(conn, report.clone()))
             .collect()
     }
 
@@ -569,21 +932,58 @@ impl Session {
             "queued work"
         );
         assert_eq!(self.is_complete(), not_done == 0);
-        for conn in &self.waiting {
+        for idx in &self.waiting {
             assert!(
-                self.members[conn].waiting.is_some(),
+                self.members[idx].waiting.is_some(),
                 "a waiter without a request"
             );
+            assert!(self.members[idx].conn.is_some(), "an away waiter");
+        }
+        assert_eq!(
+            self.connected,
+            self.members.values().filter(|m| m.conn.is_some()).count(),
+            "connected count"
+        );
+        for (idx, member) in &self.members {
+            assert_eq!(self.tickets.get(&member.ticket), Some(idx), "ticket index");
+        }
+    }
+
+    /// Panics unless `stored` (what the store holds after the last journal) is this session.
+    #[cfg(test)]
+    pub(crate) fn check_stored(&self, stored: &StoredSession) {
+        assert_eq!(*self.schema, stored.row.schema);
+        for (idx, member) in &self.members {
+            assert_eq!(stored.members[idx].ticket, member.ticket, "stored ticket");
+        }
+        for (task, slot) in self.slots.iter().enumerate() {
+            let row = stored.slots.get(&(task as TaskId));
+            let state = row.map_or(&SlotState::Queued, |r| &r.state);
+            match (slot, state) {
+                (Slot::Queued, SlotState::Queued) => {}
+                (Slot::Done(live), SlotState::Done(kept)) => assert_eq!(live, kept),
+                (
+                    Slot::Leased { holder, backup, .. },
+                    SlotState::Leased {
+                        holder: h,
+                        backup: b,
+                    },
+                ) => assert_eq!((holder, backup), (h, b)),
+                (live, kept) => panic!("task {task} is {live:?} but stored as {kept:?}"),
+            }
+            if !matches!(slot, Slot::Done(_)) {
+                assert_eq!(row.map_or(&[][..], |r| &r.ever[..]), &self.ever[task][..]);
+            }
         }
     }
 
     /// Tasks currently leased to `conn` (as holder), for tests.
     #[cfg(test)]
-    pub(crate) fn leased_to(&self, conn: ConnId) -> Vec<TaskId> {
+    pub(crate) fn leased_to(&self, idx: MemberIdx) -> Vec<TaskId> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| matches!(slot, Slot::Leased { holder, .. } if *holder == conn))
+            .filter(|(_, slot)| matches!(slot, Slot::Leased { holder, .. } if *holder == idx))
             .map(|(task, _)| task as TaskId)
             .collect()
     }
