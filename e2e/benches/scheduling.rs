@@ -153,7 +153,7 @@ async fn shared_run(
             idle_timeout: Duration::from_secs(15),
         };
         connections.push(tokio::spawn(async move {
-            Connection::connect(&options).await.unwrap().0
+            (Connection::connect(&options).await.unwrap().0, options)
         }));
     }
     let mut connected = Vec::new();
@@ -162,24 +162,23 @@ async fn shared_run(
     }
     let started = Instant::now();
     let mut handles = Vec::new();
-    for mut connection in connected {
+    for (connection, options) in connected {
         let session = SessionOptions {
             session_key: session_key.to_string(),
             history_scope: history_scope.to_string(),
             max_batch,
             interrupt: CancellationToken::new(),
+            reconnect_for: wrapper::client::DEFAULT_RECONNECT_FOR,
         };
         let schema = schema.clone();
         let mut runner = SleepRunner {
             durations: durations.clone(),
         };
         handles.push(tokio::spawn(async move {
-            run_session(&mut connection, &schema, &mut runner, &session, |_| {})
+            run_session(connection, &options, &schema, &mut runner, &session, |_| {})
                 .await
                 .unwrap();
-            let done = Instant::now();
-            connection.close().await;
-            done
+            Instant::now()
         }));
     }
     let mut last = started;

@@ -76,8 +76,13 @@ impl Coordinator {
         } else {
             &["--idle-timeout", "3s"]
         };
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(binary("coordinator"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .args(idle)
             .arg("--state-dir")
             .arg(dir.path())
@@ -134,6 +139,15 @@ impl Coordinator {
             );
         }
         // Nothing is left to kill; keep the directory from being deleted with `self`.
+        let dir = tempfile::tempdir()?;
+        Ok(std::mem::replace(&mut self.dir, dir))
+    }
+
+    /// Kills the coordinator outright (SIGKILL: no chance to write anything more) and returns
+    /// its state directory, for a restart with [`Coordinator::start_in`].
+    pub fn kill(mut self) -> Result<tempfile::TempDir> {
+        self.child.kill()?;
+        self.child.wait()?;
         let dir = tempfile::tempdir()?;
         Ok(std::mem::replace(&mut self.dir, dir))
     }

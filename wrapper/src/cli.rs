@@ -127,6 +127,11 @@ pub struct ConnectArgs {
     /// How long the coordinator may stay silent before the connection counts as lost.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// After losing the coordinator, how long to keep reconnecting (with backoff) to resume the
+    /// session, while running tasks carry on. Then the job finishes alone.
+    #[arg(long, env = "TASK_SHARDING_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reconnect_for: Duration,
 }
 
 /// A configuration problem the user must fix.

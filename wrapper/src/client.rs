@@ -1,14 +1,23 @@
 //! The client: joins a session and drives a [`TaskRunner`] until the session completes.
+//!
+//! A lost connection is not the end: the client connects again (with backoff, for
+//! [`SessionOptions::reconnect_for`]) and comes back as the same member of the session with the
+//! ticket it was given, while its runner carries on. It then re-sends every result it reported,
+//! since the coordinator may have restarted without the last of them; the coordinator records
+//! each task's result once and ignores the rest.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use schemas::{
-    Assignment, ClientMessage, Join, Joined, Progress, Schema, ServerMessage, SessionReport,
-    TaskId, TaskReport, WorkRequest,
+    Assignment, ClientMessage, ErrorCode, Join, Joined, Progress, Schema, ServerMessage,
+    SessionReport, TaskId, TaskRecord, TaskReport, TaskResult, Ticket, WorkRequest,
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{unexpected, ClientError, Connection};
+use crate::connection::{unexpected, ClientError, ConnectOptions, Connection};
 use crate::runner::{AssignedTask, TaskRunner};
 
 /// What a session run reports as it goes, for progress lines.
@@ -22,6 +31,10 @@ pub enum Event {
     Aborted(Vec<TaskId>),
     /// This client reported these results.
     Reported(Vec<TaskReport>),
+    /// The connection was lost (the reason); reconnecting.
+    Reconnecting(String),
+    /// Connected and joined again (see [`Joined::resumed`]).
+    Rejoined(Joined),
 }
 
 /// Settings for one session run.
@@ -36,53 +49,82 @@ pub struct SessionOptions {
     /// Fires on SIGINT/SIGTERM: the runner is stopped and the run ends with
     /// [`ClientError::Interrupted`].
     pub interrupt: CancellationToken,
+    /// How long to keep trying to reconnect after losing the coordinator, before giving up
+    /// with [`ClientError::Lost`].
+    pub reconnect_for: Duration,
 }
 
-/// Joins the session for `schema` and runs what the coordinator assigns until every task of the
-/// session has a result; returns that final report (the same one every client receives).
+/// The default of [`SessionOptions::reconnect_for`]: long enough for a coordinator to restart.
+pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Joins the session for `schema` on `connection` and runs what the coordinator assigns until
+/// every task of the session has a result; returns that final report (the same one every client
+/// receives). Reconnects with `connect` when the connection is lost.
 pub async fn run_session<R: TaskRunner>(
-    connection: &mut Connection,
+    connection: Connection,
+    connect: &ConnectOptions,
     schema: &Schema,
     runner: &mut R,
     options: &SessionOptions,
     mut on_event: impl FnMut(Event),
 ) -> Result<SessionReport, ClientError> {
-    // The digest first; the whole schema only if the session does not exist yet.
-    let join = |with_schema| {
-        ClientMessage::Join(Join::new(
-            options.session_key.clone(),
-            schema,
-            options.history_scope.clone(),
-            with_schema,
-        ))
+    let joining = Arc::new(Joining {
+        session_key: options.session_key.clone(),
+        history_scope: options.history_scope.clone(),
+        schema: schema.clone(),
+        interrupt: options.interrupt.clone(),
+    });
+    let mut connection = connection;
+    let joined = joining.join(&mut connection, None, &[]).await?;
+    let mut link = Link {
+        connection: Some(connection),
+        connect,
+        schema,
+        options,
+        joining,
+        ticket: Some(joined.ticket),
+        reported: Vec::new(),
+        running: Vec::new(),
+        reconnecting: None,
+        rejoined_pending: false,
     };
-    connection.send(&join(false)).await?;
-    let mut answer = receive(connection, &options.interrupt).await?;
-    if answer == ServerMessage::NeedSchema {
-        connection.send(&join(true)).await?;
-        answer = receive(connection, &options.interrupt).await?;
+    on_event(Event::Joined(joined));
+    let result = drive(&mut link, runner, &mut on_event).await;
+    if let Some(connection) = link.connection.take() {
+        match &result {
+            // Nothing is leased any more: the coordinator may learn of the close whenever.
+            Ok(_) => drop(tokio::spawn(connection.close())),
+            // Leases go back as soon as the coordinator sees the close.
+            Err(_) => connection.close().await,
+        }
     }
-    match answer {
-        ServerMessage::Joined(joined) => on_event(Event::Joined(joined)),
-        other => return Err(unexpected(&other)),
-    }
+    result
+}
+
+async fn drive<R: TaskRunner>(
+    link: &mut Link<'_>,
+    runner: &mut R,
+    on_event: &mut impl FnMut(Event),
+) -> Result<SessionReport, ClientError> {
+    let max_tasks = link.options.max_batch;
     let request = |runner: &R| {
         ClientMessage::Request(WorkRequest {
-            max_tasks: options.max_batch,
+            max_tasks,
             overhead_ms: runner.batch_overhead().as_millis().min(u32::MAX as u128) as u32,
         })
     };
-    connection.send(&request(runner)).await?;
+    let mut message = request(runner);
+    link.send(&message, on_event).await?;
     loop {
-        match receive(connection, &options.interrupt).await? {
-            ServerMessage::Assignment(Assignment {
+        match link.next(on_event).await? {
+            Incoming::Message(ServerMessage::Assignment(Assignment {
                 tasks: ids,
                 progress,
-            }) => {
+            })) => {
                 let tasks = ids
                     .iter()
                     .map(|&id| {
-                        let task = schema.tasks.get(id as usize).ok_or_else(|| {
+                        let task = link.schema.tasks.get(id as usize).ok_or_else(|| {
                             ClientError::Protocol(format!(
                                 "assigned task {id}, which is not in the schema"
                             ))
@@ -94,21 +136,25 @@ pub async fn run_session<R: TaskRunner>(
                     })
                     .collect::<Result<Vec<_>, ClientError>>()?;
                 on_event(Event::Assigned(tasks.clone(), progress));
-                match run_batch(connection, runner, &tasks, options, &mut on_event).await? {
+                match run_batch(link, runner, &tasks, on_event).await? {
                     BatchEnd::Reports(reports) => {
-                        connection
-                            .send(&ClientMessage::Results(reports.clone()))
+                        // Kept before sending: re-sent after a reconnect if this send is lost.
+                        link.reported.extend(reports.iter().cloned());
+                        link.send(&ClientMessage::Results(reports.clone()), on_event)
                             .await?;
                         on_event(Event::Reported(reports));
-                        connection.send(&request(runner)).await?;
+                        message = request(runner);
+                        link.send(&message, on_event).await?;
                     }
                     BatchEnd::Complete(report) => return Ok(report),
                 }
             }
-            ServerMessage::Complete(report) => return Ok(report),
+            Incoming::Message(ServerMessage::Complete(report)) => return Ok(report),
             // Nothing is running; whatever it names is already stopped.
-            ServerMessage::Abort(_) => {}
-            other => return Err(unexpected(&other)),
+            Incoming::Message(ServerMessage::Abort(_)) => {}
+            // A new connection knows nothing of the request made on the old one.
+            Incoming::Rejoined => link.send(&message, on_event).await?,
+            Incoming::Message(other) => return Err(unexpected(&other)),
         }
     }
 }
@@ -121,58 +167,316 @@ enum BatchEnd {
     Complete(SessionReport),
 }
 
-/// Runs a batch while still listening to the coordinator, so an abort reaches the runner.
+/// Runs a batch while still listening to the coordinator, so an abort reaches the runner. A
+/// lost connection does not stop the runner: the client reconnects meanwhile and reports
+/// when it is done.
 async fn run_batch<R: TaskRunner>(
-    connection: &mut Connection,
+    link: &mut Link<'_>,
     runner: &mut R,
     tasks: &[AssignedTask],
-    options: &SessionOptions,
     on_event: &mut impl FnMut(Event),
 ) -> Result<BatchEnd, ClientError> {
     let abort = CancellationToken::new();
     let ours: HashSet<TaskId> = tasks.iter().map(|t| t.id).collect();
+    let interrupt = link.options.interrupt.clone();
+    link.running = tasks.iter().map(|t| t.id).collect();
+    let outcome = run_tasks(link, runner, tasks, &abort, &ours, &interrupt, on_event).await;
+    link.running.clear();
+    outcome
+}
+
+async fn run_tasks<R: TaskRunner>(
+    link: &mut Link<'_>,
+    runner: &mut R,
+    tasks: &[AssignedTask],
+    abort: &CancellationToken,
+    ours: &HashSet<TaskId>,
+    interrupt: &CancellationToken,
+    on_event: &mut impl FnMut(Event),
+) -> Result<BatchEnd, ClientError> {
     let run = runner.run(tasks, abort.clone());
     tokio::pin!(run);
     let mut completed = None;
+    // Set when the coordinator could not be reached again: the batch still finishes, and the
+    // error is returned after it.
+    let mut gave_up = None;
     let reports = loop {
         tokio::select! {
             reports = &mut run => break reports,
-            message = connection.recv(), if completed.is_none() => match message {
-                Ok(ServerMessage::Abort(ids)) => {
+            incoming = link.next(on_event), if completed.is_none() && gave_up.is_none() => match incoming {
+                Ok(Incoming::Message(ServerMessage::Abort(ids))) => {
                     let stopped: Vec<TaskId> = ids.into_iter().filter(|id| ours.contains(id)).collect();
                     if !stopped.is_empty() {
                         abort.cancel();
                         on_event(Event::Aborted(stopped));
                     }
                 }
-                Ok(ServerMessage::Complete(report)) => {
+                Ok(Incoming::Message(ServerMessage::Complete(report))) => {
                     abort.cancel();
                     completed = Some(report);
                 }
-                Ok(other) => {
+                // Still running; the request comes when the batch is done.
+                Ok(Incoming::Rejoined) => {}
+                Ok(Incoming::Message(other)) => {
                     abort.cancel();
                     run.await;
                     return Err(unexpected(&other));
                 }
+                Err(e @ ClientError::Lost(_)) => gave_up = Some(e),
                 Err(e) => {
-                    // The runner's work is lost with the connection; stop it rather than leave
-                    // a process running for nobody.
                     abort.cancel();
                     run.await;
                     return Err(e);
                 }
             },
-            () = options.interrupt.cancelled() => {
+            () = interrupt.cancelled() => {
                 abort.cancel();
                 run.await;
                 return Err(ClientError::Interrupted);
             }
         }
     };
+    if let Some(e) = gave_up {
+        // Keep what ran: the caller may finish the session alone with it.
+        link.reported.extend(reports.iter().cloned());
+        on_event(Event::Reported(reports));
+        return Err(e);
+    }
     Ok(match completed {
         Some(report) => BatchEnd::Complete(report),
         None => BatchEnd::Reports(reports),
     })
+}
+
+/// What [`Link::next`] yields.
+enum Incoming {
+    /// A message from the coordinator.
+    Message(ServerMessage),
+    /// The connection was lost and made again; the session was joined again.
+    Rejoined,
+}
+
+/// The connection to the coordinator, made again whenever it is lost.
+struct Link<'a> {
+    /// The connection; `None` between losing one and making the next.
+    connection: Option<Connection>,
+    connect: &'a ConnectOptions,
+    schema: &'a Schema,
+    options: &'a SessionOptions,
+    /// What a join sends, shared with reconnect tasks.
+    joining: Arc<Joining>,
+    /// This client's ticket in the session, once joined.
+    ticket: Option<Ticket>,
+    /// Every result reported, to re-send after reconnecting.
+    reported: Vec<TaskReport>,
+    /// The tasks of the batch running now, to claim after reconnecting.
+    running: Vec<TaskId>,
+    /// A reconnect in progress, and how many of `reported` it re-sends. It runs as its own task,
+    /// so that a caller giving up on waiting for it (a batch ending meanwhile) never abandons
+    /// a half-joined connection, which the coordinator would take for the client leaving.
+    reconnecting: Option<(JoinHandle<Result<Rejoined, ClientError>>, usize)>,
+    /// Set when [`Link::send`] reconnected: the next [`Link::next`] says so, so that a request
+    /// lost with the old connection is made again.
+    rejoined_pending: bool,
+}
+
+/// The parts of a join that do not change.
+struct Joining {
+    session_key: String,
+    history_scope: String,
+    schema: Schema,
+    interrupt: CancellationToken,
+}
+
+/// What a successful reconnect yields.
+struct Rejoined {
+    connection: Connection,
+    joined: Joined,
+}
+
+impl Joining {
+    /// Joins (or, with a ticket, rejoins) the session on `connection`: the digest first, the
+    /// whole schema only if the session does not exist yet.
+    async fn join(
+        &self,
+        connection: &mut Connection,
+        resume: Option<Ticket>,
+        running: &[TaskId],
+    ) -> Result<Joined, ClientError> {
+        let join = |with_schema| {
+            ClientMessage::Join(Join {
+                resume,
+                running: if resume.is_some() {
+                    running.to_vec()
+                } else {
+                    Vec::new()
+                },
+                ..Join::new(
+                    self.session_key.clone(),
+                    &self.schema,
+                    self.history_scope.clone(),
+                    with_schema,
+                )
+            })
+        };
+        connection.send(&join(false)).await?;
+        let mut answer = receive(connection, &self.interrupt).await?;
+        if answer == ServerMessage::NeedSchema {
+            connection.send(&join(true)).await?;
+            answer = receive(connection, &self.interrupt).await?;
+        }
+        match answer {
+            ServerMessage::Joined(joined) => Ok(joined),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Connects again with backoff until `reconnect_for` has passed, rejoins as the member
+    /// `ticket` names (or as a new one if the session forgot it) and re-sends `reported`.
+    async fn reconnect(
+        self: Arc<Self>,
+        connect: ConnectOptions,
+        reconnect_for: Duration,
+        mut ticket: Option<Ticket>,
+        running: Vec<TaskId>,
+        reported: Vec<TaskReport>,
+    ) -> Result<Rejoined, ClientError> {
+        let deadline = Instant::now() + reconnect_for;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let (mut connection, _) = Connection::connect(&connect).await?;
+                let joined = self.join(&mut connection, ticket, &running).await?;
+                if !reported.is_empty() {
+                    connection
+                        .send(&ClientMessage::Results(reported.clone()))
+                        .await?;
+                }
+                Ok(Rejoined { connection, joined })
+            };
+            let last_error = match tokio::select! {
+                result = attempt => result,
+                () = self.interrupt.cancelled() => Err(ClientError::Interrupted),
+            } {
+                Ok(rejoined) => return Ok(rejoined),
+                // The session was forgotten (or started again): join it as a new member.
+                Err(ClientError::Refused {
+                    code: ErrorCode::UnknownTicket,
+                    ..
+                }) => {
+                    ticket = None;
+                    delay = Duration::ZERO;
+                    "the session did not know this client any more".to_string()
+                }
+                // Refusals (a wrong token, another version) and interruptions do not change by
+                // retrying.
+                Err(e @ (ClientError::Refused { .. } | ClientError::Trust(_))) => return Err(e),
+                Err(ClientError::Interrupted) => return Err(ClientError::Interrupted),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(ClientError::Lost(format!(
+                    "could not reconnect within {}: {last_error}",
+                    humantime::format_duration(reconnect_for)
+                )));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.interrupt.cancelled() => return Err(ClientError::Interrupted),
+            }
+            delay = (delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        }
+    }
+}
+
+impl Link<'_> {
+    /// Sends a message; when the connection is lost, reconnects and drops the message (the
+    /// caller's state after a rejoin says what to send again: results are re-sent by the
+    /// reconnect, requests by whoever waits for an assignment).
+    async fn send(
+        &mut self,
+        message: &ClientMessage,
+        on_event: &mut impl FnMut(Event),
+    ) -> Result<(), ClientError> {
+        let Some(connection) = self.connection.as_mut() else {
+            // Results are in `reported`, and re-sent once reconnected.
+            return Ok(());
+        };
+        match connection.send(message).await {
+            Err(ClientError::Lost(reason)) => {
+                self.connection = None;
+                on_event(Event::Reconnecting(reason));
+                self.reconnect(on_event).await?;
+                self.rejoined_pending = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The next message, reconnecting (and rejoining) as often as needed, until the coordinator
+    /// cannot be reached for [`SessionOptions::reconnect_for`]. Cancel-safe.
+    async fn next(&mut self, on_event: &mut impl FnMut(Event)) -> Result<Incoming, ClientError> {
+        loop {
+            if std::mem::take(&mut self.rejoined_pending) {
+                return Ok(Incoming::Rejoined);
+            }
+            let interrupt = self.options.interrupt.clone();
+            let Some(connection) = self.connection.as_mut() else {
+                self.reconnect(on_event).await?;
+                return Ok(Incoming::Rejoined);
+            };
+            match receive(connection, &interrupt).await {
+                Ok(message) => return Ok(Incoming::Message(message)),
+                Err(ClientError::Lost(reason)) => {
+                    self.connection = None;
+                    on_event(Event::Reconnecting(reason));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reconnects: starts a reconnect task unless one runs, and waits for it (cancel-safe: the
+    /// task runs on if this wait is dropped, and the next call picks it up).
+    async fn reconnect(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), ClientError> {
+        if self.reconnecting.is_none() {
+            let task = self.joining.clone().reconnect(
+                self.connect.clone(),
+                self.options.reconnect_for,
+                self.ticket,
+                // What it runs, and what it ran: a coordinator killed moments after handing
+                // them out may not have stored that they are this client's.
+                self.running
+                    .iter()
+                    .copied()
+                    .chain(self.reported.iter().map(|r| r.task))
+                    .collect(),
+                self.reported.clone(),
+            );
+            self.reconnecting = Some((tokio::spawn(task), self.reported.len()));
+        }
+        let (handle, _) = self.reconnecting.as_mut().expect("started");
+        let outcome = handle.await;
+        let (_, resent) = self.reconnecting.take().expect("started");
+        let Rejoined {
+            mut connection,
+            joined,
+        } = outcome.map_err(|e| ClientError::Protocol(format!("the reconnect failed: {e}")))??;
+        self.ticket = Some(joined.ticket);
+        // Results reported while the reconnect ran.
+        if self.reported.len() > resent {
+            let results = ClientMessage::Results(self.reported[resent..].to_vec());
+            if let Err(e) = connection.send(&results).await {
+                // Lost again at once: the next reconnect re-sends everything.
+                on_event(Event::Reconnecting(e.to_string()));
+                return Box::pin(self.reconnect(on_event)).await;
+            }
+        }
+        self.connection = Some(connection);
+        on_event(Event::Rejoined(joined));
+        Ok(())
+    }
 }
 
 /// Receives the next message, or [`ClientError::Interrupted`] when interrupted first.
@@ -183,5 +487,52 @@ async fn receive(
     tokio::select! {
         message = connection.recv() => message,
         () = interrupt.cancelled() => Err(ClientError::Interrupted),
+    }
+}
+
+/// The coordinator is gone for good: runs every task of `schema` without a result in `mine`
+/// here, in one batch, and returns the report this client can make on its own (`mine` under
+/// `client_id`, the rest under `client_id (alone)`).
+pub async fn run_alone<R: TaskRunner>(
+    schema: &Schema,
+    runner: &mut R,
+    mine: &BTreeMap<TaskId, TaskResult>,
+    client_id: &str,
+) -> SessionReport {
+    let rest: Vec<AssignedTask> = schema
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| !mine.contains_key(&(*id as TaskId)))
+        .map(|(id, task)| AssignedTask {
+            id: id as TaskId,
+            text: task.task.clone(),
+        })
+        .collect();
+    let mut records: BTreeMap<TaskId, TaskRecord> = mine
+        .iter()
+        .map(|(&task, result)| {
+            let record = TaskRecord {
+                task,
+                result: result.clone(),
+                client: client_id.to_string(),
+            };
+            (task, record)
+        })
+        .collect();
+    if !rest.is_empty() {
+        let alone = format!("{client_id} (alone)");
+        for report in runner.run(&rest, CancellationToken::new()).await {
+            let record = TaskRecord {
+                task: report.task,
+                result: report.result,
+                client: alone.clone(),
+            };
+            records.insert(record.task, record);
+        }
+    }
+    SessionReport {
+        schema_name: schema.name.clone(),
+        records: records.into_values().collect(),
     }
 }

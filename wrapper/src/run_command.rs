@@ -1,10 +1,12 @@
 //! `task-sharding run`: the generic runner driven by a schema file.
 
-use schemas::Schema;
+use std::collections::BTreeMap;
+
+use schemas::{Schema, SessionReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
-use crate::client::{run_session, Event, SessionOptions};
+use crate::client::{run_alone, run_session, Event, SessionOptions};
 use crate::command_runner::CommandRunner;
 use crate::connection::{ClientError, Connection};
 use crate::{exit, summary};
@@ -36,8 +38,9 @@ pub async fn run(args: RunArgs) -> u8 {
         history_scope: format!("run:{}", schema.name),
         max_batch: args.max_batch,
         interrupt,
+        reconnect_for: args.connect.reconnect_for,
     };
-    let (mut connection, _) = match Connection::connect(&options).await {
+    let (connection, _) = match Connection::connect(&options).await {
         Ok(connected) => connected,
         Err(e) => {
             eprintln!("task-sharding: error: {e}");
@@ -46,19 +49,33 @@ pub async fn run(args: RunArgs) -> u8 {
     };
     let mut runner = CommandRunner::new(args.command);
     let total = schema.tasks.len();
-    let outcome = run_session(&mut connection, &schema, &mut runner, &session, |event| {
-        progress(&event, total)
-    })
-    .await;
-    connection.close().await;
-    match outcome {
-        Ok(report) => {
-            print!("{}", summary::render(&schema, &report));
-            if report.all_succeeded() {
-                exit::SUCCESS
-            } else {
-                exit::FAILED
+    let mut mine = BTreeMap::new();
+    let outcome = run_session(
+        connection,
+        &options,
+        &schema,
+        &mut runner,
+        &session,
+        |event| {
+            if let Event::Reported(reports) = &event {
+                mine.extend(reports.iter().map(|r| (r.task, r.result.clone())));
             }
+            progress(&event, total)
+        },
+    )
+    .await;
+    match outcome {
+        Ok(report) => verdict(&schema, &report),
+        // Lost for good in the middle of the session: this job still finishes, alone.
+        Err(e @ ClientError::Lost(_)) => {
+            eprintln!("task-sharding: error: {e}");
+            eprintln!(
+                "task-sharding: warning: the coordinator is unavailable; running the {} tasks not \
+                 known to be finished here",
+                total - mine.len()
+            );
+            let report = run_alone(&schema, &mut runner, &mine, &options.client_id).await;
+            verdict(&schema, &report)
         }
         Err(ClientError::Interrupted) => {
             eprintln!(
@@ -70,6 +87,16 @@ pub async fn run(args: RunArgs) -> u8 {
             eprintln!("task-sharding: error: {e}");
             exit::COORDINATOR
         }
+    }
+}
+
+/// Prints the summary; the exit code says whether every task succeeded.
+fn verdict(schema: &Schema, report: &SessionReport) -> u8 {
+    print!("{}", summary::render(schema, report));
+    if report.all_succeeded() {
+        exit::SUCCESS
+    } else {
+        exit::FAILED
     }
 }
 
@@ -107,6 +134,21 @@ fn progress(event: &Event, total: usize) {
             ids.len()
         ),
         Event::Reported(_) => {}
+        Event::Reconnecting(reason) => eprintln!(
+            "task-sharding: warning: lost the coordinator ({reason}); reconnecting, running tasks \
+             carry on"
+        ),
+        Event::Rejoined(joined) => eprintln!(
+            "task-sharding: reconnected{}: {}/{} tasks finished, {} client(s)",
+            if joined.resumed {
+                " and resumed"
+            } else {
+                " as a new member"
+            },
+            joined.finished,
+            joined.tasks,
+            joined.clients
+        ),
     }
 }
 

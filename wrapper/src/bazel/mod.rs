@@ -20,16 +20,14 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use clap::Parser;
-use schemas::{Schema, SessionReport, TaskId, TaskRecord, TaskResult};
+use schemas::{Schema, SessionReport, TaskId, TaskResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ConnectArgs;
-use crate::client::{run_session, Event, SessionOptions};
-use crate::connection::{ClientError, ConnectOptions, Connection};
-use crate::runner::{AssignedTask, TaskRunner as _};
+use crate::client::{run_alone, run_session, Event, SessionOptions};
+use crate::connection::{ClientError, Connection};
 use crate::summary;
 use args::Invocation;
 use runner::BazelRunner;
@@ -133,7 +131,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         &invocation.options,
         &labels(&schema),
     );
-    let (mut connection, _) = match Connection::connect(&options).await {
+    let (connection, _) = match Connection::connect(&options).await {
         Ok(connected) => connected,
         Err(e) => return fall_back(bazel, args, &e.to_string()),
     };
@@ -156,6 +154,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         history_scope: format!("bazel:{}", repository_identity()),
         max_batch: MAX_BATCH,
         interrupt,
+        reconnect_for: connect.reconnect_for,
     };
     eprintln!(
         "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {})",
@@ -163,29 +162,32 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         options.coordinator
     );
     let mut mine: BTreeMap<TaskId, TaskResult> = BTreeMap::new();
-    loop {
-        let outcome = run_session(&mut connection, &schema, &mut runner, &session, |event| {
-            progress(&event, &mut mine)
-        })
-        .await;
-        connection.close().await;
-        match outcome {
-            Ok(report) => return finish(&schema, &report),
-            Err(ClientError::Interrupted) => {
-                eprintln!("task-sharding: interrupted; this job's unfinished targets go to the other jobs");
-                return code::INTERRUPTED;
-            }
-            Err(e @ ClientError::Lost(_)) => {
-                eprintln!("task-sharding: warning: {e}; reconnecting");
-                match reconnect(&options, &session.interrupt).await {
-                    Some(reconnected) => connection = reconnected,
-                    None => return run_rest_alone(&schema, &mut runner, &mine, &options).await,
-                }
-            }
-            Err(e) => {
-                eprintln!("task-sharding: error: {e}");
-                return run_rest_alone(&schema, &mut runner, &mine, &options).await;
-            }
+    let outcome = run_session(
+        connection,
+        &options,
+        &schema,
+        &mut runner,
+        &session,
+        |event| progress(&event, &mut mine),
+    )
+    .await;
+    match outcome {
+        Ok(report) => finish(&schema, &report),
+        Err(ClientError::Interrupted) => {
+            eprintln!(
+                "task-sharding: interrupted; this job's unfinished targets go to the other jobs"
+            );
+            code::INTERRUPTED
+        }
+        Err(e) => {
+            eprintln!("task-sharding: error: {e}");
+            let rest = schema.tasks.len() - mine.len();
+            eprintln!(
+                "task-sharding: warning: the coordinator is unavailable; running the {rest} targets \
+                 not known to be finished here (the remote cache spares what other jobs already ran)"
+            );
+            let report = run_alone(&schema, &mut runner, &mine, &options.client_id).await;
+            finish(&schema, &report)
         }
     }
 }
@@ -327,6 +329,21 @@ fn progress(event: &Event, mine: &mut BTreeMap<TaskId, TaskResult>) {
                 mine.insert(report.task, report.result.clone());
             }
         }
+        Event::Reconnecting(reason) => eprintln!(
+            "task-sharding: warning: lost the coordinator ({reason}); reconnecting, the running \
+             targets carry on"
+        ),
+        Event::Rejoined(joined) => eprintln!(
+            "task-sharding: reconnected{}: {}/{} targets done, {} job(s)",
+            if joined.resumed {
+                " and resumed"
+            } else {
+                " as a new member"
+            },
+            joined.finished,
+            joined.tasks,
+            joined.clients
+        ),
     }
 }
 
@@ -345,75 +362,6 @@ fn finish(schema: &Schema, report: &SessionReport) -> i32 {
         }
     }
     verdict::exit_code(report)
-}
-
-/// Tries to reconnect for the grace period (`TASK_SHARDING_GRACE`, default 60 s).
-async fn reconnect(options: &ConnectOptions, interrupt: &CancellationToken) -> Option<Connection> {
-    let grace = std::env::var("TASK_SHARDING_GRACE")
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_secs(60));
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && !interrupt.is_cancelled() {
-        match Connection::connect(options).await {
-            Ok((connection, _)) => return Some(connection),
-            Err(e) => tracing::debug!("reconnect failed: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    None
-}
-
-/// The coordinator is gone for good: run every target this job does not know to be finished,
-/// here, in one batch, and exit with the verdict over this job's results.
-async fn run_rest_alone(
-    schema: &Schema,
-    runner: &mut BazelRunner,
-    mine: &BTreeMap<TaskId, TaskResult>,
-    options: &ConnectOptions,
-) -> i32 {
-    let rest: Vec<AssignedTask> = schema
-        .tasks
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| !mine.contains_key(&(*id as TaskId)))
-        .map(|(id, task)| AssignedTask {
-            id: id as TaskId,
-            text: task.task.clone(),
-        })
-        .collect();
-    eprintln!(
-        "task-sharding: warning: the coordinator is unavailable; running the {} targets not known \
-         to be finished here (the remote cache spares what other jobs already ran)",
-        rest.len()
-    );
-    let mut records: BTreeMap<TaskId, TaskRecord> = mine
-        .iter()
-        .map(|(&task, result)| {
-            let record = TaskRecord {
-                task,
-                result: result.clone(),
-                client: options.client_id.clone(),
-            };
-            (task, record)
-        })
-        .collect();
-    let local = format!("{} (alone)", options.client_id);
-    if !rest.is_empty() {
-        for report in runner.run(&rest, CancellationToken::new()).await {
-            let record = TaskRecord {
-                task: report.task,
-                result: report.result,
-                client: local.clone(),
-            };
-            records.insert(record.task, record);
-        }
-    }
-    let report = SessionReport {
-        schema_name: schema.name.clone(),
-        records: records.into_values().collect(),
-    };
-    finish(schema, &report)
 }
 
 /// Where batches write their build events: `TASK_SHARDING_BEP_DIR` when set (kept, for

@@ -1,0 +1,173 @@
+//! Faults with real processes: the coordinator killed or stopped mid-session and started again
+//! on the same state directory and port, while a job is SIGKILLed. Every session still
+//! completes with every result, and what finished stays finished.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::{lines, summary, wait_until, write_schema, Coordinator, Job};
+
+/// Longest any client may take in these tests before it counts as hung.
+const LIMIT: Duration = Duration::from_secs(120);
+const TASKS: usize = 24;
+const JOBS: usize = 3;
+
+/// One session's jobs and the files their tasks write.
+struct Run {
+    name: &'static str,
+    dir: PathBuf,
+    tasks: Vec<String>,
+    jobs: Vec<Job>,
+}
+
+impl Run {
+    fn start(coordinator: &Coordinator, name: &'static str) -> Run {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let tasks: Vec<String> = (0..TASKS).map(|i| format!("{name}-{i:02}")).collect();
+        let schema = write_schema(&dir, name, &tasks).unwrap();
+        // Each task appends `<task> <job>` to `started`, works a little, then to `done`.
+        let script = format!(
+            "echo \"$0 $TASK_SHARDING_CLIENT_ID\" >> {started}; sleep 0.4; \
+             echo \"$0 $TASK_SHARDING_CLIENT_ID\" >> {done}",
+            started = dir.join("started").display(),
+            done = dir.join("done").display(),
+        );
+        let command = ["sh", "-c", &script, "{task}"];
+        let jobs = (1..=JOBS)
+            .map(|i| {
+                let job = format!("job-{i}");
+                let mut run = coordinator.run_command(name, &job, &schema, &command);
+                // Reconnect for longer than the coordinator is down.
+                run.env("TASK_SHARDING_GRACE", "60s");
+                Job::spawn(&format!("{name}/{job}"), run).unwrap()
+            })
+            .collect();
+        Run {
+            name,
+            dir,
+            tasks,
+            jobs,
+        }
+    }
+
+    fn file(&self, name: &str) -> Vec<String> {
+        lines(&self.dir.join(name))
+    }
+
+    /// How often each task finished, and by whom.
+    fn finishes(&self) -> HashMap<String, Vec<String>> {
+        let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
+        for line in self.file("done") {
+            let (task, job) = line.split_once(' ').unwrap();
+            by_task.entry(task.into()).or_default().push(job.into());
+        }
+        by_task
+    }
+}
+
+fn restart_mid_session(graceful: bool) {
+    // A resume grace long enough for the jobs to notice the restart and come back, short
+    // enough for the killed job's leases to go to the others soon after. No backup copies: a
+    // task finishing twice must mean it was handed out twice.
+    let args = ["--resume-grace", "10s", "--no-backups"];
+    let coordinator = Coordinator::start(&args).unwrap();
+    let addr = coordinator.addr.clone();
+    let mut runs = [
+        Run::start(&coordinator, "alpha"),
+        Run::start(&coordinator, "beta"),
+    ];
+
+    // Mid-session: a few tasks done in both sessions, and the victim (alpha's job-3) running one.
+    wait_until("both sessions are under way", LIMIT, || {
+        runs.iter().all(|run| run.file("done").len() >= 4)
+            && runs[0]
+                .file("started")
+                .iter()
+                .any(|l| l.ends_with(" job-3"))
+    })
+    .unwrap();
+    let state = if graceful {
+        coordinator.stop().unwrap()
+    } else {
+        coordinator.kill().unwrap()
+    };
+    let mut victim = runs[0].jobs.pop().unwrap();
+    victim.kill_group().unwrap();
+    let victim_done: Vec<String> = runs[0]
+        .file("done")
+        .into_iter()
+        .filter(|l| l.ends_with(" job-3"))
+        .map(|l| l.split_once(' ').unwrap().0.to_string())
+        .collect();
+    let done_before = runs
+        .iter()
+        .map(|r| r.file("done").len())
+        .collect::<Vec<_>>();
+    // The jobs keep running their tasks and retry while the coordinator is away.
+    std::thread::sleep(Duration::from_secs(1));
+    let coordinator =
+        Coordinator::start_in(state, &[&args[..], &["--listen", &addr]].concat()).unwrap();
+
+    for run in &mut runs {
+        let outputs: Vec<_> = std::mem::take(&mut run.jobs)
+            .into_iter()
+            .map(|job| job.wait(LIMIT).unwrap())
+            .collect();
+        let first = summary(&String::from_utf8_lossy(&outputs[0].stdout));
+        for output in &outputs {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{}: {stderr}", run.name);
+            // One report for the whole session, the same for every job.
+            assert_eq!(summary(&String::from_utf8_lossy(&output.stdout)), first);
+            assert!(
+                stderr.contains("reconnected and resumed"),
+                "{}: came back as the same member: {stderr}",
+                run.name
+            );
+            assert!(!stderr.contains("alone"), "{stderr}");
+        }
+        assert!(
+            first.contains(&format!("{TASKS} passed")),
+            "{}: every task has its result: {first}",
+            run.name
+        );
+        // What finished stays finished: a task ran to the end once, except one whose result
+        // died with the killed job before it reached the coordinator's store.
+        let finishes = run.finishes();
+        for task in &run.tasks {
+            let by = finishes.get(task).map(Vec::as_slice).unwrap_or_default();
+            let allowed = if victim_done.contains(task) { 2 } else { 1 };
+            assert!(
+                !by.is_empty() && by.len() <= allowed,
+                "{task} finished {by:?} (the victim finished {victim_done:?})\nstarted: {:?}\ndone: {:?}\n{}",
+                run.file("started"),
+                run.file("done"),
+                outputs
+                    .iter()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+        }
+    }
+    let log = coordinator.log();
+    assert!(log.contains("resumed stored sessions"), "{log}");
+    assert!(
+        done_before.iter().all(|&n| n >= 4),
+        "the restart happened mid-session"
+    );
+    for run in &runs {
+        let _ = std::fs::remove_dir_all(&run.dir);
+    }
+}
+
+#[test]
+fn a_coordinator_killed_mid_session_resumes_every_session() {
+    restart_mid_session(false);
+}
+
+#[test]
+fn a_coordinator_restarted_gracefully_resumes_every_session() {
+    restart_mid_session(true);
+}
