@@ -684,7 +684,7 @@ impl Session {
         if !returned.is_empty() {
             tracing::info!(session = %self.key, tasks = returned.len(),
                 client = %self.client_id(idx),
-                "a client went away holding leases; its tasks go back to the queue");
+                "a client left holding leases; its tasks go back to the queue");
         }
         for task in changed {
             self.touch(task);
@@ -975,6 +975,18 @@ impl Session {
                 assert_eq!(row.map_or(&[][..], |r| &r.ever[..]), &self.ever[task][..]);
             }
         }
+    }
+
+    /// Who produced each task's result so far, for tests.
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> Vec<Option<String>> {
+        self.slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Done(record) => Some(record.client.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Tasks currently leased to `conn` (as holder), for tests.

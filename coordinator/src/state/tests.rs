@@ -711,3 +711,172 @@ fn clients_joining_while_the_schema_is_on_its_way_wait_instead_of_uploading_it()
         .collect();
     assert_eq!(joined, vec![ConnId(2), ConnId(3)]);
 }
+
+/// The ticket in the `Joined` sent to `conn`.
+fn ticket(actions: &[Action], conn: u64) -> Ticket {
+    actions
+        .iter()
+        .find_map(|action| match action {
+            Action::Send(c, message) if *c == ConnId(conn) => match &**message {
+                ServerMessage::Joined(joined) => Some(joined.ticket),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("joined")
+}
+
+impl World {
+    /// Connects `conn`, greets and joins `key` as the member `ticket` names, saying it runs
+    /// (or ran) `running`.
+    fn resume(
+        &mut self,
+        conn: u64,
+        key: &str,
+        schema: &Schema,
+        ticket: Ticket,
+        running: &[TaskId],
+    ) -> Vec<Action> {
+        self.hello_with(conn, None, PROTOCOL_VERSION);
+        let join = Join {
+            resume: Some(ticket),
+            running: running.to_vec(),
+            ..Join::new(key.into(), schema, format!("scope:{}", schema.name), false)
+        };
+        self.send(conn, ClientMessage::Join(join))
+    }
+
+    /// A coordinator restarted from what this one stored (all of it written).
+    fn restart(&mut self, policy: Policy) {
+        let mut store = persist::MemoryStore::default();
+        store.apply(&self.coordinator.journal());
+        self.coordinator = Coordinator::restore(
+            policy,
+            Box::new(MemoryHistory::default()),
+            store.snapshot(),
+            self.now,
+        );
+    }
+}
+
+#[test]
+fn a_client_that_comes_back_with_its_ticket_is_the_same_member() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 4);
+    let ticket = ticket(&world.join(1, "k", &schema), 1);
+    let mine = assignment(&world.request(1, 2), 1).unwrap();
+    // Back on a new connection before the old one is noticed lost: the leases stay, the old
+    // connection is closed, and the results count.
+    let back = world.resume(2, "k", &schema, ticket, &mine);
+    assert!(back.contains(&Action::Close(ConnId(1))), "{back:?}");
+    assert!(
+        matches!(&*back_joined(&back), ServerMessage::Joined(j) if j.resumed && j.ticket == ticket)
+    );
+    assert_eq!(world.leased_to("k", 2), mine);
+    assert!(
+        world.disconnect(1).is_empty(),
+        "the old connection no longer speaks for it"
+    );
+    assert_eq!(world.leased_to("k", 2), mine);
+    world.report(2, passed(&mine));
+    let report = world.coordinator.sessions["k"].records();
+    assert!(mine
+        .iter()
+        .all(|t| report[*t as usize].as_deref() == Some("job-1")));
+}
+
+fn back_joined(actions: &[Action]) -> Arc<ServerMessage> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(_, m) if matches!(**m, ServerMessage::Joined(_)) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("joined")
+}
+
+#[test]
+fn a_result_from_a_client_that_lost_its_lease_counts_once_while_the_task_is_open() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    let ticket = ticket(&world.join(1, "k", &schema), 1);
+    world.join(2, "k", &schema);
+    let first = assignment(&world.request(1, 1), 1).unwrap();
+    // Client 1 is lost; its task goes to client 2...
+    world.disconnect(1);
+    let second = assignment(&world.request(2, 1), 2).unwrap();
+    assert_eq!(second, first);
+    // ...but client 1 was only partitioned, comes back and reports first: its result counts,
+    // client 2's copy is aborted, and client 2's late report changes nothing.
+    world.resume(3, "k", &schema, ticket, &[]);
+    let actions = world.report(3, passed(&first));
+    assert_eq!(aborted(&actions, 2), Some(first.clone()));
+    world.report(2, vec![report_of(first[0], 999, true)]);
+    let records = world.coordinator.sessions["k"].records();
+    assert_eq!(records[first[0] as usize].as_deref(), Some("job-1"));
+}
+
+#[test]
+fn a_ticket_is_good_for_its_own_session_only() {
+    let mut world = World::new(Policy::default());
+    let ticket = ticket(&world.join(1, "a", &schema("s", 2)), 1);
+    world.join(2, "b", &schema("s", 2));
+    let (code, _) = refusal(&world.resume(3, "b", &schema("s", 2), ticket, &[0, 1]), 3);
+    assert_eq!(code, ErrorCode::UnknownTicket);
+    // The replayed claim took nothing.
+    assert!(assignment(&world.request(2, 2), 2).is_some());
+}
+
+#[test]
+fn after_a_restart_leases_wait_for_their_holders_then_go_to_others() {
+    let policy = Policy {
+        resume_grace: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    let mut world = World::new(policy.clone());
+    let schema = schema("s", 3);
+    let one = ticket(&world.join(1, "k", &schema), 1);
+    let two = ticket(&world.join(2, "k", &schema), 2);
+    let a = assignment(&world.request(1, 1), 1).unwrap();
+    let b = assignment(&world.request(2, 1), 2).unwrap();
+    world.report(1, passed(&a));
+    world.restart(policy);
+    // Client 1 comes back and asks for work: the finished task stays finished, the queued one
+    // waits while client 2 may still come back (the settle period), then is handed out.
+    world.resume(3, "k", &schema, one, &[]);
+    assert!(world.request(3, 3).is_empty());
+    world.now += Duration::from_secs(5);
+    let (actions, _) = world.coordinator.tick(world.now);
+    let rest = assignment(&actions, 3).unwrap();
+    assert!(!rest.contains(&a[0]) && !rest.contains(&b[0]), "{rest:?}");
+    // Client 2 never comes back: after the grace its task goes to client 3 too.
+    world.report(3, passed(&rest));
+    assert!(world.request(3, 3).is_empty());
+    world.now += Duration::from_secs(5);
+    let (actions, _) = world.coordinator.tick(world.now);
+    assert_eq!(assignment(&actions, 3), Some(b.clone()));
+    let _ = two;
+}
+
+#[test]
+fn a_client_back_after_a_crash_claims_the_task_whose_lease_was_not_stored() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    let one = ticket(&world.join(1, "k", &schema), 1);
+    // Stored before the lease; the coordinator is killed before it stores the lease.
+    let mut store = persist::MemoryStore::default();
+    store.apply(&world.coordinator.journal());
+    let mine = assignment(&world.request(1, 1), 1).unwrap();
+    world.coordinator = Coordinator::restore(
+        Policy::default(),
+        Box::new(MemoryHistory::default()),
+        store.snapshot(),
+        world.now,
+    );
+    // It comes back saying what it runs: the task is its own again and its result counts.
+    world.resume(2, "k", &schema, one, &mine);
+    assert_eq!(world.leased_to("k", 2), mine);
+    world.report(2, passed(&mine));
+    let records = world.coordinator.sessions["k"].records();
+    assert_eq!(records[mine[0] as usize].as_deref(), Some("job-1"));
+}
