@@ -21,6 +21,9 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
 /// Bytes of the length prefix.
 const HEADER_LEN: usize = 4;
 
+/// The most buffer reserved ahead of the bytes that arrived, while a frame is incomplete.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// bincode's settings for payloads. The limit also caps what a decoder will allocate for a
 /// length claimed inside a payload.
 type PayloadConfig = Configuration<LittleEndian, Varint, Limit<DEFAULT_MAX_FRAME_LEN>>;
@@ -146,7 +149,10 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
             });
         }
         if src.len() < HEADER_LEN + len {
-            src.reserve(HEADER_LEN + len - src.len());
+            // Room for what is missing, but not more than a chunk ahead of what arrived: a
+            // header alone must not make a peer's connection hold a whole frame's worth of
+            // memory.
+            src.reserve((HEADER_LEN + len - src.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         src.advance(HEADER_LEN);
@@ -215,6 +221,14 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("exceeds the maximum"));
+    }
+
+    #[test]
+    fn a_header_alone_does_not_reserve_the_whole_frame() {
+        let mut codec = Codec::default();
+        let mut buf = BytesMut::from(&(30u32 << 20).to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
     }
 
     #[test]
