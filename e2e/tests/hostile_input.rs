@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use bytes::{BufMut as _, BytesMut};
 use e2e::{summary, write_schema, Coordinator, Job};
+use futures_util::SinkExt as _;
 use futures_util::StreamExt as _;
 use schemas::{
-    ClientInfo, ClientMessage, ErrorCode, Hello, MessageCodec, ServerMessage, PROTOCOL_VERSION,
+    ClientInfo, ClientMessage, ErrorCode, Hello, Join, MessageCodec, Outcome, Schema,
+    ServerMessage, TaskReport, TaskResult, Ticket, WorkRequest, PROTOCOL_VERSION,
 };
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use wrapper::trust::Trust;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -120,7 +122,10 @@ async fn bad_frames_and_versions_are_refused_while_a_session_completes() {
     let (code, message) =
         refusal_for(&coordinator, &framed(&hello(PROTOCOL_VERSION + 1, None))).await;
     assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(message.contains("protocol version 2"), "{message}");
+    assert!(
+        message.contains(&format!("protocol version {}", PROTOCOL_VERSION + 1)),
+        "{message}"
+    );
 
     // A frame announcing more than the maximum.
     let (code, message) = refusal_for(&coordinator, &u32::MAX.to_be_bytes()).await;
@@ -271,4 +276,140 @@ async fn a_pinned_fingerprint_is_checked() {
         "{}",
         String::from_utf8_lossy(&right.stderr)
     );
+}
+
+/// A client speaking the protocol by hand, to send what a real client never would.
+struct Raw {
+    _connection: quinn::Connection,
+    reader: FramedRead<quinn::RecvStream, MessageCodec<ServerMessage, ClientMessage>>,
+    writer: FramedWrite<quinn::SendStream, MessageCodec<ServerMessage, ClientMessage>>,
+}
+
+impl Raw {
+    async fn greeted(coordinator: &Coordinator) -> Raw {
+        let connection = raw_connect(coordinator, schemas::ALPN).await.unwrap();
+        let (send, recv) = connection.open_bi().await.unwrap();
+        let mut raw = Raw {
+            _connection: connection,
+            reader: FramedRead::new(recv, MessageCodec::default()),
+            writer: FramedWrite::new(send, MessageCodec::default()),
+        };
+        let welcome = raw.ask(hello(PROTOCOL_VERSION, None)).await;
+        assert!(matches!(welcome, ServerMessage::Welcome(_)), "{welcome:?}");
+        raw
+    }
+
+    async fn send(&mut self, message: ClientMessage) {
+        self.writer.send(&message).await.unwrap();
+    }
+
+    async fn ask(&mut self, message: ClientMessage) -> ServerMessage {
+        self.send(message).await;
+        tokio::time::timeout(LIMIT, self.reader.next())
+            .await
+            .expect("an answer")
+            .expect("not closed")
+            .unwrap()
+    }
+
+    /// Joins `key` with `schema`, uploading it if asked, presenting `resume`.
+    async fn join(&mut self, key: &str, schema: &Schema, resume: Option<Ticket>) -> ServerMessage {
+        let join = |with_schema| {
+            ClientMessage::Join(Join {
+                resume,
+                ..Join::new(key.into(), schema, "run:replay".into(), with_schema)
+            })
+        };
+        match self.ask(join(false)).await {
+            ServerMessage::NeedSchema => self.ask(join(true)).await,
+            other => other,
+        }
+    }
+}
+
+/// Messages lifted from one session and replayed into another are refused: a member's ticket
+/// is good for its own session only, and results count only for tasks leased to the reporter.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_replayed_from_another_session_are_refused() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let honest = honest_session(&coordinator, dir.path(), None);
+    let honest_key = "run/run-1/honest";
+    let honest_schema = Schema::new("honest", (0..9).map(|i| format!("t{i}"))).unwrap();
+
+    // In a session of its own, the replayer is a member, is leased a task and reports it.
+    let mut own = Raw::greeted(&coordinator).await;
+    let mine = Schema::new("mine", (0..9).map(|i| format!("m{i}"))).unwrap();
+    let ticket = match own.join("run/evil/mine", &mine, None).await {
+        ServerMessage::Joined(joined) => joined.ticket,
+        other => panic!("{other:?}"),
+    };
+    let assigned = own
+        .ask(ClientMessage::Request(WorkRequest {
+            max_tasks: 9,
+            overhead_ms: 0,
+        }))
+        .await;
+    assert!(
+        matches!(assigned, ServerMessage::Assignment(_)),
+        "{assigned:?}"
+    );
+    let passed = TaskResult {
+        outcome: Outcome::Passed,
+        exit_code: Some(0),
+        duration_ms: 1,
+        executed: true,
+    };
+    let results: Vec<TaskReport> = (0..9)
+        .map(|task| TaskReport {
+            task,
+            result: passed.clone(),
+        })
+        .collect();
+    own.send(ClientMessage::Results(results.clone())).await;
+
+    // Its ticket does not make it a member of the honest session...
+    e2e::wait_until("the honest session exists", LIMIT, || {
+        honest
+            .iter()
+            .any(|job| job.read("stderr").contains("the session:"))
+    })
+    .unwrap();
+    let mut intruder = Raw::greeted(&coordinator).await;
+    match intruder
+        .join(honest_key, &honest_schema, Some(ticket))
+        .await
+    {
+        ServerMessage::Error(e) => assert_eq!(e.code, ErrorCode::UnknownTicket, "{e:?}"),
+        other => panic!("a foreign ticket was accepted: {other:?}"),
+    }
+    // ...and its results, replayed there as a member of its own, count for nothing.
+    let mut replayer = Raw::greeted(&coordinator).await;
+    let joined = replayer.join(honest_key, &honest_schema, None).await;
+    assert!(matches!(joined, ServerMessage::Joined(_)), "{joined:?}");
+    replayer.send(ClientMessage::Results(results)).await;
+
+    let outputs: Vec<_> = tokio::task::spawn_blocking(move || {
+        honest
+            .into_iter()
+            .map(|j| j.wait(LIMIT).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for output in &outputs {
+        let text = summary(&String::from_utf8_lossy(&output.stdout));
+        assert_eq!(output.status.code(), Some(0), "{text}");
+        assert!(text.contains("9 passed"), "{text}");
+        assert!(
+            !text.contains("hostile"),
+            "a replayed result counted: {text}"
+        );
+    }
+    let log = coordinator.log();
+    assert!(
+        log.contains("refused a ticket that is not of this session"),
+        "{log}"
+    );
+    assert!(log.contains("never leased to this client"), "{log}");
 }
