@@ -97,6 +97,9 @@ const MAX_SESSION_KEY_LEN: usize = 1024;
 /// joining in a loop cannot grow a session without bound.
 const MAX_MEMBERS: usize = 10_000;
 
+/// How long a client asked for a new session's schema has to send it before another is asked.
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// After a restart, the longest queued work is held back for clients to come back and claim the
 /// tasks they were running.
 const MAX_SETTLE: Duration = Duration::from_secs(5);
@@ -138,6 +141,8 @@ pub struct Coordinator {
 struct PendingSession {
     /// The client asked to send the schema.
     asked: ConnId,
+    /// When it was asked: one that does not send it in time is not waited for.
+    asked_at: Instant,
     /// Digest-only joins that arrived meanwhile, to be answered once the session exists.
     parked: Vec<(ConnId, Join)>,
 }
@@ -323,13 +328,13 @@ impl Coordinator {
             .and_then(|(key, idx)| Some((self.sessions.get_mut(&key)?, idx)))
         {
             Some((session, idx)) => session.leave(idx, now),
-            None => self.forget_pending(conn),
+            None => self.forget_pending(conn, now),
         }
     }
 
     /// `conn` left before joining: if it was parked, forget it; if it was asked for a schema,
     /// ask the next parked client instead.
-    fn forget_pending(&mut self, conn: ConnId) -> Vec<Action> {
+    fn forget_pending(&mut self, conn: ConnId, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         self.pending.retain(|_, pending| {
             pending.parked.retain(|(c, _)| *c != conn);
@@ -341,9 +346,31 @@ impl Coordinator {
             }
             let (next, _) = pending.parked.remove(0);
             pending.asked = next;
+            pending.asked_at = now;
             actions.push(Action::send(next, ServerMessage::NeedSchema));
             true
         });
+        actions
+    }
+
+    /// A client asked for a new session's schema that has not sent it in time is not waited
+    /// for: the next client waiting for that session is asked too. Whichever schema arrives
+    /// first creates the session; the slow client's join, if it ever comes, then joins it.
+    fn ask_again(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for pending in self.pending.values_mut() {
+            if now.saturating_duration_since(pending.asked_at) < SCHEMA_TIMEOUT
+                || pending.parked.is_empty()
+            {
+                continue;
+            }
+            let (next, _) = pending.parked.remove(0);
+            tracing::warn!(%next, slow = %pending.asked,
+                "a client asked for a schema did not send it in time; asking another");
+            pending.asked = next;
+            pending.asked_at = now;
+            actions.push(Action::send(next, ServerMessage::NeedSchema));
+        }
         actions
     }
 
@@ -355,7 +382,7 @@ impl Coordinator {
             return (Vec::new(), Vec::new());
         }
         let grace = self.policy.resume_grace;
-        let mut actions = Vec::new();
+        let mut actions = self.ask_again(now);
         for session in self.sessions.values_mut() {
             actions.extend(session.release_away(now, grace));
         }
@@ -484,6 +511,7 @@ impl Coordinator {
                     None => {
                         let pending = PendingSession {
                             asked: conn,
+                            asked_at: now,
                             parked: Vec::new(),
                         };
                         self.pending.insert(join.session_key.clone(), pending);

@@ -880,3 +880,37 @@ fn a_client_back_after_a_crash_claims_the_task_whose_lease_was_not_stored() {
     let records = world.coordinator.sessions["k"].records();
     assert_eq!(records[mine[0] as usize].as_deref(), Some("job-1"));
 }
+
+#[test]
+fn a_client_that_does_not_send_the_schema_in_time_is_not_waited_for() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    let digest_only = |schema: &Schema| {
+        ClientMessage::Join(Join::new("k".into(), schema, "scope:s".into(), false))
+    };
+    world.hello_with(1, None, PROTOCOL_VERSION);
+    world.hello_with(2, None, PROTOCOL_VERSION);
+    let asked = world.send(1, digest_only(&schema));
+    assert!(matches!(&asked[..], [Action::Send(_, m)] if **m == ServerMessage::NeedSchema));
+    assert!(
+        world.send(2, digest_only(&schema)).is_empty(),
+        "client 2 waits"
+    );
+    // Client 1 stays silent: after a while client 2 is asked instead, and creates the session.
+    world.now += SCHEMA_TIMEOUT;
+    let (actions, _) = world.coordinator.tick(world.now);
+    assert!(
+        matches!(&actions[..], [Action::Send(c, m)] if *c == ConnId(2) && **m == ServerMessage::NeedSchema)
+    );
+    let joined = world.send(
+        2,
+        ClientMessage::Join(Join::new("k".into(), &schema, "scope:s".into(), true)),
+    );
+    assert!(matches!(&*back_joined(&joined), ServerMessage::Joined(j) if j.created));
+    // The slow client, sending it at last, joins the session that now exists.
+    let late = world.send(
+        1,
+        ClientMessage::Join(Join::new("k".into(), &schema, "scope:s".into(), true)),
+    );
+    assert!(matches!(&*back_joined(&late), ServerMessage::Joined(j) if !j.created));
+}
