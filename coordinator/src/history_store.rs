@@ -12,6 +12,9 @@ use schemas::Task;
 use crate::state::history::{blend, History};
 
 /// Estimates in milliseconds by `scope \0 task`.
+/// The most memory redb keeps as cache for this file.
+const CACHE_BYTES: usize = 1 << 20;
+
 const ESTIMATES: TableDefinition<&str, u64> = TableDefinition::new("estimates_v1");
 
 /// Timing history in a redb file.
@@ -41,7 +44,11 @@ impl HistoryStore {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let db = Database::create(path)
+        // redb's default cache may grow to 1 GiB; this much keeps the hot pages without letting
+        // a long-running coordinator's memory creep up with the file.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .with_context(|| format!("cannot open the timing history {}", path.display()))?;
         Ok(HistoryStore {
             db,

@@ -105,8 +105,12 @@ impl Hub {
         let mut inner = self.lock();
         let (actions, expired) = inner.state.tick(Instant::now());
         inner.apply(actions);
+        let forgot = !expired.is_empty();
         for key in expired {
             tracing::info!(session = %key, "forgot an expired session");
+        }
+        if forgot {
+            release_freed_memory();
         }
         if let Err(e) = inner.state.history_mut().flush() {
             tracing::warn!("cannot write the timing history: {e}");
@@ -186,5 +190,16 @@ impl Inner {
                 let _ = outbox.send(outgoing);
             }
         }
+    }
+}
+
+/// Hands memory freed by forgotten sessions back to the system. glibc's allocator keeps freed
+/// pages for reuse; a coordinator that served a burst of sessions would otherwise stay at its
+/// high-water mark for good.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -11,6 +11,9 @@ use schemas::frame::{decode_payload, encode_payload};
 use crate::state::persist::{self, Journal, Snapshot};
 
 /// Session rows by key.
+/// The most memory redb keeps as cache for this file.
+const CACHE_BYTES: usize = 1 << 20;
+
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1");
 /// Member rows by (session key, member index).
 const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v1");
@@ -35,7 +38,11 @@ impl SessionStore {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let db = Database::create(path)
+        // redb's default cache may grow to 1 GiB; this much keeps the hot pages without letting
+        // a long-running coordinator's memory creep up with the file.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .with_context(|| format!("cannot open the session store {}", path.display()))?;
         Ok(SessionStore { db })
     }
