@@ -122,6 +122,11 @@ impl Coordinator {
         std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
     }
 
+    /// Its state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
