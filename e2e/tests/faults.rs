@@ -23,6 +23,11 @@ struct Run {
 
 impl Run {
     fn start(coordinator: &Coordinator, name: &'static str) -> Run {
+        Self::start_with_grace(coordinator, name, "60s")
+    }
+
+    /// Like [`Run::start`], the jobs reconnecting for `grace` before they finish alone.
+    fn start_with_grace(coordinator: &Coordinator, name: &'static str, grace: &str) -> Run {
         let dir = tempfile::tempdir().unwrap().keep();
         let tasks: Vec<String> = (0..TASKS).map(|i| format!("{name}-{i:02}")).collect();
         let schema = write_schema(&dir, name, &tasks).unwrap();
@@ -38,8 +43,7 @@ impl Run {
             .map(|i| {
                 let job = format!("job-{i}");
                 let mut run = coordinator.run_command(name, &job, &schema, &command);
-                // Reconnect for longer than the coordinator is down.
-                run.env("TASK_SHARDING_GRACE", "60s");
+                run.env("TASK_SHARDING_GRACE", grace);
                 Job::spawn(&format!("{name}/{job}"), run).unwrap()
             })
             .collect();
@@ -170,4 +174,37 @@ fn a_coordinator_killed_mid_session_resumes_every_session() {
 #[test]
 fn a_coordinator_restarted_gracefully_resumes_every_session() {
     restart_mid_session(true);
+}
+
+/// The coordinator gone for good mid-session: every job still finishes, alone, and says so.
+#[test]
+fn a_coordinator_gone_for_good_leaves_every_job_to_finish_alone() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    // Not the 60 s of the restart tests: give up soon.
+    let mut run = Run::start_with_grace(&coordinator, "gone", "3s");
+    wait_until("the session is under way", LIMIT, || {
+        run.file("done").len() >= 3
+    })
+    .unwrap();
+    drop(coordinator.kill().unwrap());
+    let outputs: Vec<_> = std::mem::take(&mut run.jobs)
+        .into_iter()
+        .map(|job| job.wait(LIMIT).unwrap())
+        .collect();
+    for output in &outputs {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let text = summary(&String::from_utf8_lossy(&output.stdout));
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("could not reconnect within")
+                && stderr.contains("the coordinator is unavailable; running the"),
+            "it says why it finished alone: {stderr}"
+        );
+        // Each job reports on every task: its own results and those it ran alone.
+        assert!(text.contains(&format!("{TASKS} passed")), "{text}");
+        assert!(text.contains("(alone)"), "{text}");
+    }
+    let finishes = run.finishes();
+    assert!(run.tasks.iter().all(|t| finishes.contains_key(t)));
+    let _ = std::fs::remove_dir_all(&run.dir);
 }

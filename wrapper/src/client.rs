@@ -369,8 +369,8 @@ impl Joining {
                     "the session did not know this client any more".to_string()
                 }
                 // Refusals (a wrong token, another version) and interruptions do not change by
-                // retrying.
-                Err(e @ (ClientError::Refused { .. } | ClientError::Trust(_))) => return Err(e),
+                // retrying. Anything else might: even a CA file that cannot be read right now.
+                Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(ClientError::Interrupted) => return Err(ClientError::Interrupted),
                 Err(e) => e.to_string(),
             };
