@@ -12,9 +12,6 @@ use schemas::Task;
 use crate::state::history::{blend, History};
 
 /// Estimates in milliseconds by `scope \0 task`.
-/// The most memory redb keeps as cache for this file.
-const CACHE_BYTES: usize = 1 << 20;
-
 const ESTIMATES: TableDefinition<&str, u64> = TableDefinition::new("estimates_v1");
 
 /// Timing history in a redb file.
@@ -33,6 +30,23 @@ impl std::fmt::Debug for HistoryStore {
     }
 }
 
+/// The most memory redb keeps as cache for one of the coordinator's files. redb's default may
+/// grow to 1 GiB; the sessions are written, not read, and a session's history is read once when
+/// it is created, so a little keeps the hot pages without letting a long-running coordinator's
+/// memory creep up with its files.
+const CACHE_BYTES: usize = 1 << 20;
+
+/// Opens (or creates) one of the coordinator's redb files, `what` naming it in errors.
+pub(crate) fn open_database(path: &Path, what: &str) -> Result<Database> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .with_context(|| format!("cannot open {what} {}", path.display()))
+}
+
 fn key(scope: &str, task: &str) -> String {
     format!("{scope}\0{task}")
 }
@@ -40,16 +54,7 @@ fn key(scope: &str, task: &str) -> String {
 impl HistoryStore {
     /// Opens (or creates) the history file.
     pub fn open(path: &Path) -> Result<HistoryStore> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        // redb's default cache may grow to 1 GiB; this much keeps the hot pages without letting
-        // a long-running coordinator's memory creep up with the file.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .with_context(|| format!("cannot open the timing history {}", path.display()))?;
+        let db = open_database(path, "the timing history")?;
         Ok(HistoryStore {
             db,
             pending: HashMap::new(),

@@ -4,16 +4,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use schemas::frame::{decode_payload, encode_payload};
 
 use crate::state::persist::{self, Journal, Snapshot};
 
 /// Session rows by key.
-/// The most memory redb keeps as cache for this file.
-const CACHE_BYTES: usize = 1 << 20;
-
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1");
 /// Member rows by (session key, member index).
 const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v1");
@@ -34,16 +31,7 @@ impl std::fmt::Debug for SessionStore {
 impl SessionStore {
     /// Opens (or creates) the file.
     pub fn open(path: &Path) -> Result<SessionStore> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        // redb's default cache may grow to 1 GiB; this much keeps the hot pages without letting
-        // a long-running coordinator's memory creep up with the file.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .with_context(|| format!("cannot open the session store {}", path.display()))?;
+        let db = crate::history_store::open_database(path, "the session store")?;
         Ok(SessionStore { db })
     }
 

@@ -37,6 +37,31 @@ pub enum Event {
     Rejoined(Joined),
 }
 
+impl Event {
+    /// The progress line for a lost or regained connection (`None` for other events), naming
+    /// tasks and clients as the caller does: ("targets", "job") or ("tasks", "client").
+    pub fn connection_line(&self, tasks: &str, clients: &str) -> Option<String> {
+        match self {
+            Event::Reconnecting(reason) => Some(format!(
+                "task-sharding: warning: lost the coordinator ({reason}); reconnecting, the \
+                 running {tasks} carry on"
+            )),
+            Event::Rejoined(joined) => Some(format!(
+                "task-sharding: reconnected{}: {}/{} {tasks} finished, {} {clients}(s)",
+                if joined.resumed {
+                    " and resumed"
+                } else {
+                    " as a new member"
+                },
+                joined.finished,
+                joined.tasks,
+                joined.clients
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Settings for one session run.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {

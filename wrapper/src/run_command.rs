@@ -134,21 +134,12 @@ fn progress(event: &Event, total: usize) {
             ids.len()
         ),
         Event::Reported(_) => {}
-        Event::Reconnecting(reason) => eprintln!(
-            "task-sharding: warning: lost the coordinator ({reason}); reconnecting, running tasks \
-             carry on"
-        ),
-        Event::Rejoined(joined) => eprintln!(
-            "task-sharding: reconnected{}: {}/{} tasks finished, {} client(s)",
-            if joined.resumed {
-                " and resumed"
-            } else {
-                " as a new member"
-            },
-            joined.finished,
-            joined.tasks,
-            joined.clients
-        ),
+        Event::Reconnecting(_) | Event::Rejoined(_) => {
+            eprintln!(
+                "{}",
+                event.connection_line("tasks", "client").unwrap_or_default()
+            )
+        }
     }
 }
 

@@ -438,17 +438,7 @@ impl Session {
             self.queue.retain(|t| !reclaimed.contains(t));
         }
         for &task in &reclaimed {
-            self.add_queued(task, -1);
-            self.slots[task as usize] = Slot::Leased {
-                holder: idx,
-                since: now,
-                backup: None,
-            };
-            let ever = &mut self.ever[task as usize];
-            if !ever.contains(&idx) {
-                ever.push(idx);
-            }
-            self.touch(task);
+            self.lease(task, idx, now);
         }
         let member = self.members.get_mut(&idx).expect("tickets name members");
         let old = member.conn.take();
@@ -717,6 +707,7 @@ impl Session {
                         if let Slot::Leased { backup, .. } = &mut self.slots[task as usize] {
                             *backup = Some(idx);
                         }
+                        self.note_holder(task, idx);
                         tracing::info!(session = %self.key, task, "handing out a backup copy of a long task");
                         vec![task]
                     }
@@ -738,22 +729,10 @@ impl Session {
                 );
                 let batch: Vec<TaskId> = self.queue.drain(..len).collect();
                 for &task in &batch {
-                    self.add_queued(task, -1);
-                    self.slots[task as usize] = Slot::Leased {
-                        holder: idx,
-                        since: now,
-                        backup: None,
-                    };
+                    self.lease(task, idx, now);
                 }
                 batch
             };
-            for &task in &batch {
-                let ever = &mut self.ever[task as usize];
-                if !ever.contains(&idx) {
-                    ever.push(idx);
-                }
-                self.touch(task);
-            }
             self.waiting.pop_front();
             let member = self.members.get_mut(&idx).expect("waiters are members");
             member.waiting = None;
@@ -773,6 +752,27 @@ impl Session {
             ));
         }
         actions
+    }
+
+    /// Leases `task`, which has left the queue, to member `idx`.
+    fn lease(&mut self, task: TaskId, idx: MemberIdx, now: Instant) {
+        self.add_queued(task, -1);
+        self.slots[task as usize] = Slot::Leased {
+            holder: idx,
+            since: now,
+            backup: None,
+        };
+        self.note_holder(task, idx);
+    }
+
+    /// Remembers that `task` went to member `idx`, whose report on it then counts, and marks
+    /// its row for the store.
+    fn note_holder(&mut self, task: TaskId, idx: MemberIdx) {
+        let ever = &mut self.ever[task as usize];
+        if !ever.contains(&idx) {
+            ever.push(idx);
+        }
+        self.touch(task);
     }
 
     /// The running task most worth a backup copy on `idle`: alone in its holder's batch, without

@@ -329,21 +329,12 @@ fn progress(event: &Event, mine: &mut BTreeMap<TaskId, TaskResult>) {
                 mine.insert(report.task, report.result.clone());
             }
         }
-        Event::Reconnecting(reason) => eprintln!(
-            "task-sharding: warning: lost the coordinator ({reason}); reconnecting, the running \
-             targets carry on"
-        ),
-        Event::Rejoined(joined) => eprintln!(
-            "task-sharding: reconnected{}: {}/{} targets done, {} job(s)",
-            if joined.resumed {
-                " and resumed"
-            } else {
-                " as a new member"
-            },
-            joined.finished,
-            joined.tasks,
-            joined.clients
-        ),
+        Event::Reconnecting(_) | Event::Rejoined(_) => {
+            eprintln!(
+                "{}",
+                event.connection_line("targets", "job").unwrap_or_default()
+            )
+        }
     }
 }
 
