@@ -155,6 +155,7 @@ async fn run(opt: Opt) -> Result<()> {
     config.max_connections = opt.max_connections;
     config.history_path = Some(state_dir.join("history.redb"));
     config.sessions_path = Some(state_dir.join("sessions.redb"));
+    config.reset_key = Some(tls::load_or_generate_reset_key(&state_dir)?);
     if let Some(client_ca) = &client_ca {
         tracing::info!(
             client_ca = %client_ca.path.display(),

@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub history_path: Option<std::path::PathBuf>,
     /// Where sessions are kept across restarts; `None` keeps them in memory only.
     pub sessions_path: Option<std::path::PathBuf>,
+    /// The stateless-reset key, kept across restarts (see [`crate::tls::load_or_generate_reset_key`]);
+    /// `None` draws a new one.
+    pub reset_key: Option<[u8; crate::tls::RESET_KEY_LEN]>,
     /// When set, every client must present a certificate issued by one of these CAs (mutual
     /// TLS), on top of the token; `None` asks clients for no certificate.
     pub client_ca: Option<ClientCa>,
@@ -51,6 +54,7 @@ impl ServerConfig {
             max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
             history_path: None,
             sessions_path: None,
+            reset_key: None,
             client_ca: None,
         }
     }
@@ -112,8 +116,16 @@ impl Server {
             }
             None => (Coordinator::with_history(config.policy, history), None),
         };
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let endpoint = match &config.reset_key {
+            Some(key) => {
+                let runtime = quinn::default_runtime().context("no async runtime")?;
+                std::net::UdpSocket::bind(config.listen).and_then(|socket| {
+                    quinn::Endpoint::new(endpoint_config(key), Some(server_config), socket, runtime)
+                })
+            }
+            None => quinn::Endpoint::server(server_config, config.listen),
+        }
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
             hub: Arc::new(Hub::new(state, store, config.max_frame_len)),
@@ -181,6 +193,21 @@ impl Server {
         self.hub.housekeeping();
         Ok(())
     }
+}
+
+/// An endpoint whose stateless resets and connection ids stay valid across restarts: a
+/// restarted coordinator recognizes the connection ids it handed out before (the same key signs
+/// them) and answers their packets with a reset the client recognizes (the same key derives the
+/// reset tokens), so clients reconnect at once instead of waiting out their idle timeout.
+fn endpoint_config(key: &[u8; crate::tls::RESET_KEY_LEN]) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let cid_tag = ring::hmac::sign(&reset_key, b"task-sharding connection ids");
+    let cid_key = u64::from_le_bytes(cid_tag.as_ref()[..8].try_into().expect("8 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }
 
 /// Several times a second: writes what changed in the sessions to the store. A coordinator killed

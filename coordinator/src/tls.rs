@@ -159,6 +159,34 @@ fn hostname() -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
+/// The key the coordinator derives its QUIC stateless-reset tokens from, kept in
+/// `dir/reset.key` (generated when absent) so that it survives restarts: a restarted
+/// coordinator then answers a packet of a connection it no longer knows with a reset the client
+/// recognizes, and the client reconnects at once instead of waiting out its idle timeout.
+pub fn load_or_generate_reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN]> {
+    let path = dir.join("reset.key");
+    match fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|bytes: Vec<u8>| {
+            anyhow::anyhow!(
+                "{} holds {} bytes, not {RESET_KEY_LEN}; delete it to have a new one generated",
+                path.display(),
+                bytes.len()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut key = [0; RESET_KEY_LEN];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            write_private(&path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The length of the stateless-reset key.
+pub const RESET_KEY_LEN: usize = 64;
+
 /// Writes a file readable by its owner only: it holds a private key.
 fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let mut options = fs::OpenOptions::new();
@@ -175,6 +203,19 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reset_key_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_generate_reset_key(dir.path()).unwrap();
+        assert_eq!(load_or_generate_reset_key(dir.path()).unwrap(), key);
+        assert_ne!(key, [0; RESET_KEY_LEN]);
+        fs::write(dir.path().join("reset.key"), b"short").unwrap();
+        let error = load_or_generate_reset_key(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("holds 5 bytes"), "{error}");
+    }
 
     #[test]
     fn a_generated_identity_is_kept_and_reused() {

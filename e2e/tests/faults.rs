@@ -74,7 +74,13 @@ fn restart_mid_session(graceful: bool) {
     // A resume grace long enough for the jobs to notice the restart and come back, short
     // enough for the killed job's leases to go to the others soon after. No backup copies: a
     // task finishing twice must mean it was handed out twice.
-    let args = ["--resume-grace", "10s", "--no-backups"];
+    let args = [
+        "--resume-grace",
+        "10s",
+        "--no-backups",
+        "--idle-timeout",
+        "60s",
+    ];
     let coordinator = Coordinator::start(&args).unwrap();
     let addr = coordinator.addr.clone();
     let mut runs = [
@@ -130,6 +136,15 @@ fn restart_mid_session(graceful: bool) {
                 run.name
             );
             assert!(!stderr.contains("alone"), "{stderr}");
+            // They noticed at once, not after an idle timeout: told so by the coordinator
+            // stopping, or, killed, by the reset the restarted one sends for connections it
+            // no longer knows (it keeps its reset key in the state directory).
+            let told = if graceful {
+                "the coordinator is shutting down"
+            } else {
+                "reset by peer"
+            };
+            assert!(stderr.contains(told), "{}: {stderr}", run.name);
         }
         assert!(
             first.contains(&format!("{TASKS} passed")),
