@@ -254,7 +254,7 @@ pub struct ErrorMessage {
 pub enum ErrorCode {
     /// Client and coordinator speak different protocol versions.
     VersionMismatch,
-    /// The token was missing or wrong.
+    /// The token was missing or wrong, or (mutual TLS) the client certificate.
     Unauthorized,
     /// A frame was too large or did not decode.
     BadFrame,
