@@ -23,11 +23,11 @@ struct Run {
 
 impl Run {
     fn start(coordinator: &Coordinator, name: &'static str) -> Run {
-        Self::start_with_grace(coordinator, name, "60s")
+        Self::start_with(coordinator, name, "60s", JOBS)
     }
 
-    /// Like [`Run::start`], the jobs reconnecting for `grace` before they finish alone.
-    fn start_with_grace(coordinator: &Coordinator, name: &'static str, grace: &str) -> Run {
+    /// Like [`Run::start`], with `jobs` jobs reconnecting for `grace` before they finish alone.
+    fn start_with(coordinator: &Coordinator, name: &'static str, grace: &str, jobs: usize) -> Run {
         let dir = tempfile::tempdir().unwrap().keep();
         let tasks: Vec<String> = (0..TASKS).map(|i| format!("{name}-{i:02}")).collect();
         let schema = write_schema(&dir, name, &tasks).unwrap();
@@ -39,7 +39,7 @@ impl Run {
             done = dir.join("done").display(),
         );
         let command = ["sh", "-c", &script, "{task}"];
-        let jobs = (1..=JOBS)
+        let jobs = (1..=jobs)
             .map(|i| {
                 let job = format!("job-{i}");
                 let mut run = coordinator.run_command(name, &job, &schema, &command);
@@ -196,7 +196,7 @@ fn a_coordinator_restarted_gracefully_resumes_every_session() {
 fn a_coordinator_gone_for_good_leaves_every_job_to_finish_alone() {
     let coordinator = Coordinator::start(&[]).unwrap();
     // Not the 60 s of the restart tests: give up soon.
-    let mut run = Run::start_with_grace(&coordinator, "gone", "3s");
+    let mut run = Run::start_with(&coordinator, "gone", "3s", JOBS);
     wait_until("the session is under way", LIMIT, || {
         run.file("done").len() >= 3
     })
@@ -221,5 +221,55 @@ fn a_coordinator_gone_for_good_leaves_every_job_to_finish_alone() {
     }
     let finishes = run.finishes();
     assert!(run.tasks.iter().all(|t| finishes.contains_key(t)));
+    let _ = std::fs::remove_dir_all(&run.dir);
+}
+
+/// A job cut off but alive (its whole process group stopped with SIGSTOP past the idle timeout,
+/// as a network partition looks to the coordinator): its task goes to the other job, and when
+/// it is continued it comes back as the same member, and the session completes with one result
+/// per task.
+#[test]
+fn a_job_cut_off_past_the_idle_timeout_comes_back_as_the_same_member() {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+
+    let coordinator = Coordinator::start(&["--idle-timeout", "2s", "--no-backups"]).unwrap();
+    let mut run = Run::start_with(&coordinator, "cut", "60s", 2);
+    wait_until("job-2 runs a task", LIMIT, || {
+        run.file("started").iter().any(|l| l.ends_with(" job-2"))
+    })
+    .unwrap();
+    let group = Pid::from_raw(run.jobs[1].child.id() as i32);
+    killpg(group, Signal::SIGSTOP).unwrap();
+    wait_until("the coordinator took job-2's task back", LIMIT, || {
+        coordinator
+            .log()
+            .lines()
+            .any(|l| l.contains("a client left holding leases") && l.contains("client=job-2"))
+    })
+    .unwrap();
+    killpg(group, Signal::SIGCONT).unwrap();
+
+    let outputs: Vec<_> = std::mem::take(&mut run.jobs)
+        .into_iter()
+        .map(|job| job.wait(LIMIT).unwrap())
+        .collect();
+    let first = summary(&String::from_utf8_lossy(&outputs[0].stdout));
+    for output in &outputs {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        assert_eq!(summary(&String::from_utf8_lossy(&output.stdout)), first);
+    }
+    assert!(first.contains(&format!("{TASKS} passed")), "{first}");
+    let cut_off = String::from_utf8_lossy(&outputs[1].stderr);
+    assert!(
+        cut_off.contains("reconnected and resumed"),
+        "job-2 came back as itself: {cut_off}"
+    );
+    assert!(
+        coordinator.log().contains("a client came back"),
+        "{}",
+        coordinator.log()
+    );
     let _ = std::fs::remove_dir_all(&run.dir);
 }
