@@ -308,3 +308,22 @@ fn missing_configuration_is_named() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("TASK_SHARDING_COORDINATOR"), "{stderr}");
 }
+
+/// CI systems turn undefined secrets into empty strings: an empty `TASK_SHARDING_*` setting
+/// means "not set", not an empty path or token.
+#[test]
+fn empty_settings_count_as_unset() {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write_schema(dir.path(), "empty", &["a".to_string()]).unwrap();
+    let output = coordinator
+        .run_command("run-1", "job-1", &schema, &["true"])
+        .env("TASK_SHARDING_TOKEN", "")
+        .env("TASK_SHARDING_CLIENT_CERT", "")
+        .env("TASK_SHARDING_CLIENT_KEY", "")
+        .env("TASK_SHARDING_FINGERPRINT", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}

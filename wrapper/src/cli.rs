@@ -238,6 +238,21 @@ fn client_identity(
     }
 }
 
+/// Treats a `TASK_SHARDING_*` variable set to the empty string as not set. CI systems turn a
+/// secret or variable that is not defined into an empty string (`${{ secrets.TOKEN }}`), which
+/// means "none", not "an empty path". Must run before any thread starts.
+pub(crate) fn forget_empty_settings() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty() && name.to_string_lossy().starts_with("TASK_SHARDING_")
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        std::env::remove_var(name);
+    }
+}
+
 /// Parses the command line and runs it; the binary's whole `main`.
 pub fn main() -> ExitCode {
     // `task-sharding bazel ...`: every argument after `bazel` is Bazel's, `--help` included.
@@ -247,6 +262,7 @@ pub fn main() -> ExitCode {
         let code = crate::bazel::main(argv[2..].to_vec());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    forget_empty_settings();
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {

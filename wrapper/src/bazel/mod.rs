@@ -65,6 +65,7 @@ pub fn main(args: Vec<String>) -> i32 {
     if wrapped || !invocation.is_shardable() || invocation.patterns.is_empty() {
         return passthrough(&bazel, &args);
     }
+    crate::cli::forget_empty_settings();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
