@@ -57,8 +57,10 @@ struct Member {
     ticket: Ticket,
     /// Its connection; `None` while it is away.
     conn: Option<ConnId>,
-    /// Since when it is away (`None` while connected).
-    away_since: Option<Instant>,
+    /// For a member restored away after a restart, still holding its leases: since when they
+    /// wait for it. `None` once it is back or they were released, and for a member that left
+    /// (its leases went back when it did).
+    holding_since: Option<Instant>,
     /// `Some(request)` while the client has asked for work and not been given any.
     waiting: Option<Waiting>,
     /// The tasks of its last assignment it has not reported yet (a backup copy is only made of a
@@ -247,7 +249,7 @@ impl Session {
                     client_id: member.client_id,
                     ticket: member.ticket,
                     conn: None,
-                    away_since: Some(now),
+                    holding_since: Some(now),
                     waiting: None,
                     running: Vec::new(),
                 },
@@ -402,7 +404,7 @@ impl Session {
                 client_id,
                 ticket,
                 conn: None,
-                away_since: None,
+                holding_since: None,
                 waiting: None,
                 running: Vec::new(),
             },
@@ -461,7 +463,7 @@ impl Session {
     ) -> Vec<Action> {
         let member = self.members.get_mut(&idx).expect("a member");
         member.conn = Some(conn);
-        member.away_since = None;
+        member.holding_since = None;
         let ticket = member.ticket;
         self.connected += 1;
         self.empty_since = None;
@@ -610,7 +612,6 @@ impl Session {
         if member.conn.take().is_none() {
             return Vec::new();
         }
-        member.away_since = Some(now);
         member.waiting = None;
         member.running.clear();
         self.connected -= 1;
@@ -621,8 +622,8 @@ impl Session {
         self.release(idx, now)
     }
 
-    /// Releases the leases of members away for at least `grace`: after a restart, the members
-    /// that did not come back.
+    /// Releases the leases of members restored away that have not come back within `grace`.
+    /// Each member's leases are released once: a member that left released them as it did.
     pub(crate) fn release_away(&mut self, now: Instant, grace: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.settling_until.is_some_and(|until| now >= until) {
@@ -633,12 +634,15 @@ impl Session {
             .members
             .iter()
             .filter(|(_, m)| {
-                m.away_since
+                m.holding_since
                     .is_some_and(|since| now.saturating_duration_since(since) >= grace)
             })
             .map(|(&idx, _)| idx)
             .collect();
         for idx in overdue {
+            if let Some(member) = self.members.get_mut(&idx) {
+                member.holding_since = None;
+            }
             actions.extend(self.release(idx, now));
         }
         actions
@@ -916,6 +920,14 @@ impl Session {
                     if let Some(copy) = backup {
                         assert_ne!(copy, holder, "a task's backup is its holder");
                         assert!(self.members.contains_key(copy), "backup with a non-member");
+                    }
+                    // Only a connected member, or one restored away and waited for, holds one.
+                    for m in std::iter::once(holder).chain(backup) {
+                        let member = &self.members[m];
+                        assert!(
+                            member.conn.is_some() || member.holding_since.is_some(),
+                            "task {task} is held by a member that left"
+                        );
                     }
                     not_done += 1;
                 }
