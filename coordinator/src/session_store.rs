@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use schemas::frame::{decode_payload, encode_payload};
 
 use crate::state::persist::{self, Journal, Snapshot};
@@ -84,24 +84,28 @@ impl SessionStore {
                 Err(e) => tracing::warn!(session = key.value(), "skipped a stored session: {e}"),
             }
         }
-        let mut member_rows = Vec::new();
-        for entry in members.iter()? {
-            let (key, value) = entry?;
-            let (session, idx) = key.value();
-            if let Ok(row) = decode_payload(value.value()) {
-                member_rows.push(((session.to_owned(), idx), row));
-            }
-        }
-        let mut slot_rows = Vec::new();
-        for entry in slots.iter()? {
-            let (key, value) = entry?;
-            let (session, task) = key.value();
-            if let Ok(row) = decode_payload(value.value()) {
-                slot_rows.push(((session.to_owned(), task), row));
-            }
-        }
-        Ok(persist::assemble(session_rows, member_rows, slot_rows))
+        Ok(persist::assemble(
+            session_rows,
+            rows_by_session(&members)?,
+            rows_by_session(&slots)?,
+        ))
     }
+}
+
+/// The rows of a table keyed by (session key, index) that decode; the others are skipped (their
+/// session then treats them as never written: a member that cannot come back, a queued task).
+fn rows_by_session<R: serde::de::DeserializeOwned>(
+    table: &ReadOnlyTable<(&'static str, u32), &'static [u8]>,
+) -> Result<Vec<((String, u32), R)>> {
+    let mut rows = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let (session, index) = key.value();
+        if let Ok(row) = decode_payload(value.value()) {
+            rows.push(((session.to_owned(), index), row));
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -565,13 +565,12 @@ impl Coordinator {
                 true
             }
         };
-        let ticket = self.new_ticket();
         let session = self.sessions.get_mut(&join.session_key).expect("present");
         let (idx, mut actions) = match join.resume {
             // A client coming back to a session that still exists must be the member it says.
             Some(presented) if !created => {
                 match session.resume(conn, presented, &join.running, now) {
-                    Some((idx, old, actions)) => {
+                    Some((idx, old, mut actions)) => {
                         tracing::info!(%conn, session = %join.session_key, client = %client_id,
                         "a client came back");
                         if let Some(old) = old {
@@ -579,12 +578,9 @@ impl Coordinator {
                             if let Some(client) = self.clients.get_mut(&old) {
                                 client.session = None;
                             }
+                            actions.push(Action::Close(old));
                         }
-                        let mut all = actions;
-                        if let Some(old) = old {
-                            all.push(Action::Close(old));
-                        }
-                        (idx, all)
+                        (idx, actions)
                     }
                     None => {
                         tracing::warn!(session = %join.session_key, client = %client_id,
@@ -610,7 +606,7 @@ impl Coordinator {
                     );
                 }
                 tracing::info!(%conn, session = %join.session_key, client = %client_id, "joined");
-                session.join(conn, client_id, ticket, created)
+                session.join(conn, client_id, new_ticket(&mut self.rng), created)
             }
         };
         // The clients that waited for this session can join it now.
@@ -630,12 +626,13 @@ impl Coordinator {
         let (key, idx) = self.clients.get(&conn)?.session.as_ref()?;
         Some((self.sessions.get_mut(key)?, *idx))
     }
+}
 
-    fn new_ticket(&mut self) -> Ticket {
-        let mut bytes = [0; 16];
-        self.rng.fill_bytes(&mut bytes);
-        Ticket(bytes)
-    }
+/// A fresh member's ticket.
+fn new_ticket(rng: &mut StdRng) -> Ticket {
+    let mut bytes = [0; 16];
+    rng.fill_bytes(&mut bytes);
+    Ticket(bytes)
 }
 
 fn version_mismatch(theirs: u16) -> String {
