@@ -127,8 +127,12 @@ pub struct Coordinator {
     pending: HashMap<String, PendingSession>,
     /// How long tasks took before.
     history: Box<dyn History>,
-    /// Keys of sessions forgotten since the last journal, whose stored rows must go.
+    /// Keys of sessions forgotten since the last journal, whose stored rows must go. Kept only
+    /// once something takes journals (see `journaled`).
     forgotten: Vec<String>,
+    /// Whether a store takes this coordinator's journals: set by the first [`Coordinator::journal`]
+    /// or by [`Coordinator::restore`]. A coordinator kept in memory only never collects them.
+    journaled: bool,
     /// Set while shutting down: connections closing then are not clients leaving, and their
     /// leases stay stored for when the coordinator is back.
     frozen: bool,
@@ -162,6 +166,7 @@ impl Coordinator {
             pending: HashMap::new(),
             history,
             forgotten: Vec::new(),
+            journaled: false,
             frozen: false,
             rng: StdRng::from_entropy(),
         }
@@ -176,6 +181,7 @@ impl Coordinator {
         now: Instant,
     ) -> Self {
         let mut coordinator = Self::with_history(policy, history);
+        coordinator.journaled = true;
         for stored in snapshot.sessions {
             if stored.row.schema.validate().is_err()
                 || stored.row.schema.digest() != stored.row.digest
@@ -212,6 +218,7 @@ impl Coordinator {
     /// What changed since the last call, for the store.
     pub fn journal(&mut self) -> Journal {
         let mut journal = Journal::default();
+        self.journaled = true;
         journal.cleared.extend(self.forgotten.drain(..));
         for session in self.sessions.values_mut() {
             session.journal(&mut journal);
@@ -396,7 +403,9 @@ impl Coordinator {
         for key in &expired {
             self.sessions.remove(key);
         }
-        self.forgotten.extend(expired.iter().cloned());
+        if self.journaled {
+            self.forgotten.extend(expired.iter().cloned());
+        }
         (actions, expired)
     }
 

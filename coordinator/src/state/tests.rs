@@ -914,3 +914,26 @@ fn a_client_that_does_not_send_the_schema_in_time_is_not_waited_for() {
     );
     assert!(matches!(&*back_joined(&late), ServerMessage::Joined(j) if !j.created));
 }
+
+#[test]
+fn forgotten_sessions_are_remembered_for_the_store_only_when_there_is_one() {
+    let policy = Policy {
+        session_ttl: Duration::from_secs(1),
+        ..Policy::default()
+    };
+    // Kept in memory only: nothing takes journals, so nothing piles up for them.
+    let mut world = World::new(policy.clone());
+    world.join(1, "k", &schema("s", 0));
+    world.disconnect(1);
+    world.now += Duration::from_secs(2);
+    assert_eq!(world.coordinator.tick(world.now).1, ["k"]);
+    assert!(world.coordinator.forgotten.is_empty());
+    // With a store: the forgotten session's rows are cleared by the next journal.
+    let mut world = World::new(policy);
+    world.join(1, "k", &schema("s", 0));
+    assert!(world.coordinator.journal().sessions.contains_key("k"));
+    world.disconnect(1);
+    world.now += Duration::from_secs(2);
+    world.coordinator.tick(world.now);
+    assert!(world.coordinator.journal().cleared.contains("k"));
+}
