@@ -104,7 +104,6 @@ pub async fn run_session<R: TaskRunner>(
     let mut link = Link {
         connection: Some(connection),
         connect,
-        schema,
         options,
         joining,
         ticket: Some(joined.ticket),
@@ -149,7 +148,7 @@ async fn drive<R: TaskRunner>(
                 let tasks = ids
                     .iter()
                     .map(|&id| {
-                        let task = link.schema.tasks.get(id as usize).ok_or_else(|| {
+                        let task = link.joining.schema.tasks.get(id as usize).ok_or_else(|| {
                             ClientError::Protocol(format!(
                                 "assigned task {id}, which is not in the schema"
                             ))
@@ -286,9 +285,8 @@ struct Link<'a> {
     /// The connection; `None` between losing one and making the next.
     connection: Option<Connection>,
     connect: &'a ConnectOptions,
-    schema: &'a Schema,
     options: &'a SessionOptions,
-    /// What a join sends, shared with reconnect tasks.
+    /// What a join sends (the schema included), shared with reconnect tasks.
     joining: Arc<Joining>,
     /// This client's ticket in the session, once joined.
     ticket: Option<Ticket>,
