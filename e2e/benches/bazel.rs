@@ -33,8 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use e2e::bazel::{
-    begin, parse_summary, repo_root, tail, unique_run_id, Checkout, Finished, Nginx, Running,
-    BAZEL_REAL, LAUNCHER,
+    begin, clean_env, parse_summary, repo_root, tail, unique_run_id, Checkout, Finished, Nginx,
+    Running, BAZEL_REAL, LAUNCHER,
 };
 use e2e::{binary, Coordinator};
 
@@ -383,6 +383,17 @@ struct RunStats {
     notes: Vec<String>,
 }
 
+impl RunStats {
+    /// The measured per-batch overhead of each batch that ran to its end, in milliseconds.
+    fn overheads_ms(&self) -> Vec<u64> {
+        self.batches
+            .iter()
+            .filter(|b| !b.aborted())
+            .filter_map(Batch::overhead_ms)
+            .collect()
+    }
+}
+
 /// The same for every job and run: the flags of `bazel test`.
 fn test_args(cache: &Nginx) -> Vec<String> {
     vec![
@@ -418,20 +429,6 @@ fn job_command(
         .args(args)
         .stdin(Stdio::null());
     command
-}
-
-/// Removes inherited task-sharding and Bazel wrapper settings.
-fn clean_env(command: &mut Command) {
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("TASK_SHARDING_")
-            || name.starts_with("BAZELISK_")
-            || name == "BAZEL_REAL"
-            || name == "USE_BAZEL_VERSION"
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
 }
 
 /// Waits for every job of `running`; returns them with each one's exit time (Unix ms), the last
@@ -711,12 +708,7 @@ fn print_report(workload: &Workload, warm_up: Duration, runs: &[RunStats]) {
     );
     for run in runs {
         let ideal = workload.ideal(run.jobs);
-        let overheads: Vec<u64> = run
-            .batches
-            .iter()
-            .filter(|b| !b.aborted())
-            .filter_map(Batch::overhead_ms)
-            .collect();
+        let overheads = run.overheads_ms();
         let aborted = run.batches.iter().filter(|b| b.aborted()).count();
         let batches = if aborted > 0 {
             format!("{}+{aborted}ab", run.batches.len() - aborted)
@@ -742,12 +734,7 @@ fn print_report(workload: &Workload, warm_up: Duration, runs: &[RunStats]) {
         "run", "overhead max", "between batch", "to 1st batch", "after last", "tests ran", "extra"
     );
     for run in runs {
-        let overheads: Vec<u64> = run
-            .batches
-            .iter()
-            .filter(|b| !b.aborted())
-            .filter_map(Batch::overhead_ms)
-            .collect();
+        let overheads = run.overheads_ms();
         let (between, first) = gaps(run);
         let last_finish = run
             .batches

@@ -452,16 +452,7 @@ impl BazelEnv {
         args: &[String],
     ) -> Command {
         let mut command = Command::new(program);
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("TASK_SHARDING_")
-                || name.starts_with("BAZELISK_")
-                || name == "BAZEL_REAL"
-                || name == "USE_BAZEL_VERSION"
-            {
-                command.env_remove(name.as_ref());
-            }
-        }
+        clean_env(&mut command);
         command
             .current_dir(&checkout.workspace)
             .env("TASK_SHARDING_COORDINATOR", &self.coordinator_addr)
@@ -761,6 +752,21 @@ fn parse_row(line: &str) -> Option<SummaryRow> {
         exit,
         client,
     })
+}
+
+/// Removes the task-sharding and Bazel wrapper settings `command` would inherit from whoever
+/// runs the tests, so that each job sees only what the test gives it.
+pub fn clean_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("TASK_SHARDING_")
+            || name.starts_with("BAZELISK_")
+            || name == "BAZEL_REAL"
+            || name == "USE_BAZEL_VERSION"
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
 }
 
 #[cfg(test)]

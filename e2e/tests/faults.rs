@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::Output;
 use std::time::Duration;
 
 use e2e::{lines, summary, wait_until, write_schema, Coordinator, Job};
@@ -57,6 +58,27 @@ impl Run {
 
     fn file(&self, name: &str) -> Vec<String> {
         lines(&self.dir.join(name))
+    }
+
+    /// Waits for every job to exit.
+    fn wait_all(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.jobs)
+            .into_iter()
+            .map(|job| job.wait(LIMIT).unwrap())
+            .collect()
+    }
+
+    /// Waits for every job; each must exit 0 with the same report, which is returned.
+    fn finish_together(&mut self) -> (Vec<Output>, String) {
+        let outputs = self.wait_all();
+        let first = summary(&String::from_utf8_lossy(&outputs[0].stdout));
+        for output in &outputs {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{}: {stderr}", self.name);
+            // One report for the whole session, the same for every job.
+            assert_eq!(summary(&String::from_utf8_lossy(&output.stdout)), first);
+        }
+        (outputs, first)
     }
 
     /// How often each task finished, and by whom.
@@ -120,16 +142,9 @@ fn restart_mid_session(graceful: bool) {
         Coordinator::start_in(state, &[&args[..], &["--listen", &addr]].concat()).unwrap();
 
     for run in &mut runs {
-        let outputs: Vec<_> = std::mem::take(&mut run.jobs)
-            .into_iter()
-            .map(|job| job.wait(LIMIT).unwrap())
-            .collect();
-        let first = summary(&String::from_utf8_lossy(&outputs[0].stdout));
+        let (outputs, first) = run.finish_together();
         for output in &outputs {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(0), "{}: {stderr}", run.name);
-            // One report for the whole session, the same for every job.
-            assert_eq!(summary(&String::from_utf8_lossy(&output.stdout)), first);
             assert!(
                 stderr.contains("reconnected and resumed"),
                 "{}: came back as the same member: {stderr}",
@@ -202,10 +217,7 @@ fn a_coordinator_gone_for_good_leaves_every_job_to_finish_alone() {
     })
     .unwrap();
     drop(coordinator.kill().unwrap());
-    let outputs: Vec<_> = std::mem::take(&mut run.jobs)
-        .into_iter()
-        .map(|job| job.wait(LIMIT).unwrap())
-        .collect();
+    let outputs = run.wait_all();
     for output in &outputs {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let text = summary(&String::from_utf8_lossy(&output.stdout));
@@ -250,16 +262,7 @@ fn a_job_cut_off_past_the_idle_timeout_comes_back_as_the_same_member() {
     .unwrap();
     killpg(group, Signal::SIGCONT).unwrap();
 
-    let outputs: Vec<_> = std::mem::take(&mut run.jobs)
-        .into_iter()
-        .map(|job| job.wait(LIMIT).unwrap())
-        .collect();
-    let first = summary(&String::from_utf8_lossy(&outputs[0].stdout));
-    for output in &outputs {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(0), "{stderr}");
-        assert_eq!(summary(&String::from_utf8_lossy(&output.stdout)), first);
-    }
+    let (outputs, first) = run.finish_together();
     assert!(first.contains(&format!("{TASKS} passed")), "{first}");
     let cut_off = String::from_utf8_lossy(&outputs[1].stderr);
     assert!(
