@@ -4,7 +4,9 @@
 //! [`SessionOptions::reconnect_for`]) and comes back as the same member of the session with the
 //! ticket it was given, while its runner carries on. It then re-sends every result it reported,
 //! since the coordinator may have restarted without the last of them; the coordinator records
-//! each task's result once and ignores the rest.
+//! each task's result once and ignores the rest. A request for work still unanswered is made
+//! again on the new connection, once: the coordinator answers every request it gets, so a
+//! request made twice would bring a second assignment while the first runs.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -110,7 +112,7 @@ pub async fn run_session<R: TaskRunner>(
         reported: Vec::new(),
         running: Vec::new(),
         reconnecting: None,
-        rejoined_pending: false,
+        requested: None,
     };
     on_event(Event::Joined(joined));
     let result = drive(&mut link, runner, &mut on_event).await;
@@ -131,20 +133,17 @@ async fn drive<R: TaskRunner>(
     on_event: &mut impl FnMut(Event),
 ) -> Result<SessionReport, ClientError> {
     let max_tasks = link.options.max_batch;
-    let request = |runner: &R| {
-        ClientMessage::Request(WorkRequest {
-            max_tasks,
-            overhead_ms: runner.batch_overhead().as_millis().min(u32::MAX as u128) as u32,
-        })
+    let request = |runner: &R| WorkRequest {
+        max_tasks,
+        overhead_ms: runner.batch_overhead().as_millis().min(u32::MAX as u128) as u32,
     };
-    let mut message = request(runner);
-    link.send(&message, on_event).await?;
+    link.request(request(runner), on_event).await?;
     loop {
         match link.next(on_event).await? {
-            Incoming::Message(ServerMessage::Assignment(Assignment {
+            ServerMessage::Assignment(Assignment {
                 tasks: ids,
                 progress,
-            })) => {
+            }) => {
                 let tasks = ids
                     .iter()
                     .map(|&id| {
@@ -167,18 +166,15 @@ async fn drive<R: TaskRunner>(
                         link.send(&ClientMessage::Results(reports.clone()), on_event)
                             .await?;
                         on_event(Event::Reported(reports));
-                        message = request(runner);
-                        link.send(&message, on_event).await?;
+                        link.request(request(runner), on_event).await?;
                     }
                     BatchEnd::Complete(report) => return Ok(report),
                 }
             }
-            Incoming::Message(ServerMessage::Complete(report)) => return Ok(report),
+            ServerMessage::Complete(report) => return Ok(report),
             // Nothing is running; whatever it names is already stopped.
-            Incoming::Message(ServerMessage::Abort(_)) => {}
-            // A new connection knows nothing of the request made on the old one.
-            Incoming::Rejoined => link.send(&message, on_event).await?,
-            Incoming::Message(other) => return Err(unexpected(&other)),
+            ServerMessage::Abort(_) => {}
+            other => return Err(unexpected(&other)),
         }
     }
 }
@@ -228,20 +224,18 @@ async fn run_tasks<R: TaskRunner>(
         tokio::select! {
             reports = &mut run => break reports,
             incoming = link.next(on_event), if completed.is_none() && gave_up.is_none() => match incoming {
-                Ok(Incoming::Message(ServerMessage::Abort(ids))) => {
+                Ok(ServerMessage::Abort(ids)) => {
                     let stopped: Vec<TaskId> = ids.into_iter().filter(|id| ours.contains(id)).collect();
                     if !stopped.is_empty() {
                         abort.cancel();
                         on_event(Event::Aborted(stopped));
                     }
                 }
-                Ok(Incoming::Message(ServerMessage::Complete(report))) => {
+                Ok(ServerMessage::Complete(report)) => {
                     abort.cancel();
                     completed = Some(report);
                 }
-                // Still running; the request comes when the batch is done.
-                Ok(Incoming::Rejoined) => {}
-                Ok(Incoming::Message(other)) => {
+                Ok(other) => {
                     abort.cancel();
                     run.await;
                     return Err(unexpected(&other));
@@ -272,14 +266,6 @@ async fn run_tasks<R: TaskRunner>(
     })
 }
 
-/// What [`Link::next`] yields.
-enum Incoming {
-    /// A message from the coordinator.
-    Message(ServerMessage),
-    /// The connection was lost and made again; the session was joined again.
-    Rejoined,
-}
-
 /// The connection to the coordinator, made again whenever it is lost.
 struct Link<'a> {
     /// The connection; `None` between losing one and making the next.
@@ -298,9 +284,10 @@ struct Link<'a> {
     /// so that a caller giving up on waiting for it (a batch ending meanwhile) never abandons
     /// a half-joined connection, which the coordinator would take for the client leaving.
     reconnecting: Option<(JoinHandle<Result<Rejoined, ClientError>>, usize)>,
-    /// Set when [`Link::send`] reconnected: the next [`Link::next`] says so, so that a request
-    /// lost with the old connection is made again.
-    rejoined_pending: bool,
+    /// The request for work not answered yet. The coordinator forgets it with the connection it
+    /// came on, so it is made again on each new connection, and only there: made twice on one,
+    /// it would be answered twice.
+    requested: Option<WorkRequest>,
 }
 
 /// The parts of a join that do not change.
@@ -413,25 +400,33 @@ impl Joining {
 }
 
 impl Link<'_> {
-    /// Sends a message; when the connection is lost, reconnects and drops the message (the
-    /// caller's state after a rejoin says what to send again: results are re-sent by the
-    /// reconnect, requests by whoever waits for an assignment).
+    /// Asks for work, once until it is answered (see [`Link::requested`]).
+    async fn request(
+        &mut self,
+        request: WorkRequest,
+        on_event: &mut impl FnMut(Event),
+    ) -> Result<(), ClientError> {
+        self.requested = Some(request);
+        self.send(&ClientMessage::Request(request), on_event).await
+    }
+
+    /// Sends a message; when the connection is lost, reconnects and drops the message. What it
+    /// said is not lost: the reconnect re-sends every result in `reported` and the request in
+    /// `requested`.
     async fn send(
         &mut self,
         message: &ClientMessage,
         on_event: &mut impl FnMut(Event),
     ) -> Result<(), ClientError> {
         let Some(connection) = self.connection.as_mut() else {
-            // Results are in `reported`, and re-sent once reconnected.
+            // A reconnect is under way, and sends it once it is done.
             return Ok(());
         };
         match connection.send(message).await {
             Err(ClientError::Lost(reason)) => {
                 self.connection = None;
                 on_event(Event::Reconnecting(reason));
-                self.reconnect(on_event).await?;
-                self.rejoined_pending = true;
-                Ok(())
+                self.reconnect(on_event).await
             }
             other => other,
         }
@@ -439,18 +434,26 @@ impl Link<'_> {
 
     /// The next message, reconnecting (and rejoining) as often as needed, until the coordinator
     /// cannot be reached for [`SessionOptions::reconnect_for`]. Cancel-safe.
-    async fn next(&mut self, on_event: &mut impl FnMut(Event)) -> Result<Incoming, ClientError> {
+    async fn next(
+        &mut self,
+        on_event: &mut impl FnMut(Event),
+    ) -> Result<ServerMessage, ClientError> {
         loop {
-            if std::mem::take(&mut self.rejoined_pending) {
-                return Ok(Incoming::Rejoined);
-            }
             let interrupt = self.options.interrupt.clone();
             let Some(connection) = self.connection.as_mut() else {
                 self.reconnect(on_event).await?;
-                return Ok(Incoming::Rejoined);
+                continue;
             };
             match receive(connection, &interrupt).await {
-                Ok(message) => return Ok(Incoming::Message(message)),
+                Ok(message) => {
+                    if matches!(
+                        message,
+                        ServerMessage::Assignment(_) | ServerMessage::Complete(_)
+                    ) {
+                        self.requested = None;
+                    }
+                    return Ok(message);
+                }
                 Err(ClientError::Lost(reason)) => {
                     self.connection = None;
                     on_event(Event::Reconnecting(reason));
@@ -487,10 +490,13 @@ impl Link<'_> {
             joined,
         } = outcome.map_err(|e| ClientError::Protocol(format!("the reconnect failed: {e}")))??;
         self.ticket = Some(joined.ticket);
-        // Results reported while the reconnect ran.
-        if self.reported.len() > resent {
-            let results = ClientMessage::Results(self.reported[resent..].to_vec());
-            if let Err(e) = connection.send(&results).await {
+        // Results reported while the reconnect ran, then the request the old connection took
+        // with it.
+        let results = (self.reported.len() > resent)
+            .then(|| ClientMessage::Results(self.reported[resent..].to_vec()));
+        let request = self.requested.map(ClientMessage::Request);
+        for message in results.iter().chain(request.iter()) {
+            if let Err(e) = connection.send(message).await {
                 // Lost again at once: the next reconnect re-sends everything.
                 on_event(Event::Reconnecting(e.to_string()));
                 return Box::pin(self.reconnect(on_event)).await;
