@@ -40,6 +40,9 @@ enum Step {
     Kill(u8),
     /// Client slot's connection ends, but it lives on, still running its tasks.
     Partition(u8),
+    /// Client slot asks for work and its connection dies with the answer on the way, before the
+    /// coordinator notices (it does once the idle timeout has passed).
+    RequestLost(u8),
     /// Time passes.
     Wait(u64),
     /// The server writes the journal to the store.
@@ -59,6 +62,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..CLIENTS, 0..SESSIONS.len()).prop_map(|(c, s)| Step::JoinForeign(c, s)),
         1 => (0..CLIENTS).prop_map(Step::Kill),
         1 => (0..CLIENTS).prop_map(Step::Partition),
+        1 => (0..CLIENTS).prop_map(Step::RequestLost),
         2 => prop_oneof![0..3_000u64, 0..40_000u64].prop_map(Step::Wait),
         2 => Just(Step::Flush),
         1 => any::<bool>().prop_map(Step::Restart),
@@ -96,6 +100,22 @@ struct Model {
     reports: BTreeMap<usize, Vec<SessionReport>>,
     /// Results seen in the store: a stored result must never change.
     durable: BTreeMap<(String, TaskId), TaskRecord>,
+    /// Connections dead to their client that the coordinator has not noticed yet, and since when.
+    unnoticed: Vec<(ConnId, Instant)>,
+}
+
+/// How long the coordinator takes to notice a connection that went silent.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Slot {
+    /// What it runs and what it ran, with repeats, as a client names them when it comes back.
+    fn claims(&self) -> Vec<TaskId> {
+        self.stale
+            .iter()
+            .copied()
+            .chain(self.reported.iter().map(|r| r.task))
+            .collect()
+    }
 }
 
 fn client_id(slot: u8) -> String {
@@ -123,6 +143,7 @@ impl Model {
             assigned_to: BTreeMap::new(),
             reports: BTreeMap::new(),
             durable: BTreeMap::new(),
+            unnoticed: Vec::new(),
         }
     }
 
@@ -180,6 +201,7 @@ impl Model {
                             let resume = slot.ticket.and_then(|(s, t)| (s == session).then_some(t));
                             let join = Join {
                                 resume,
+                                running: slot.claims(),
                                 ..Join::new(
                                     SESSIONS[session].into(),
                                     &self.schemas[session],
@@ -244,15 +266,7 @@ impl Model {
     fn join(&mut self, index: u8, session: usize, resume: Option<Ticket>) {
         let join = Join {
             resume,
-            running: {
-                // What it runs and what it ran, with repeats, as a client sends them.
-                let slot = &self.slots[index as usize];
-                slot.stale
-                    .iter()
-                    .copied()
-                    .chain(slot.reported.iter().map(|r| r.task))
-                    .collect()
-            },
+            running: self.slots[index as usize].claims(),
             ..Join::new(
                 SESSIONS[session].into(),
                 &self.schemas[session],
@@ -368,8 +382,34 @@ impl Model {
                     self.partition(conn);
                 }
             }
+            Step::RequestLost(index) => {
+                let slot = &mut self.slots[index as usize];
+                let Some(conn) = slot.conn.take() else {
+                    return;
+                };
+                slot.session = None;
+                let holding = std::mem::take(&mut slot.holding);
+                slot.stale.extend(holding);
+                let request = ClientMessage::Request(WorkRequest {
+                    max_tasks: 3,
+                    overhead_ms: 10,
+                });
+                // The answer goes to a connection no client reads any more.
+                let actions = self.coordinator.handle(conn, request, self.now);
+                self.apply(actions);
+                self.unnoticed.push((conn, self.now));
+            }
             Step::Wait(ms) => {
                 self.now += Duration::from_millis(ms);
+                let now = self.now;
+                let (timed_out, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unnoticed)
+                    .into_iter()
+                    .partition(|&(_, since)| now.saturating_duration_since(since) >= IDLE_TIMEOUT);
+                self.unnoticed = left;
+                for (conn, _) in timed_out {
+                    let actions = self.coordinator.disconnect(conn, self.now);
+                    self.apply(actions);
+                }
                 let (actions, _) = self.coordinator.tick(self.now);
                 self.apply(actions);
             }
@@ -391,6 +431,7 @@ impl Model {
                     let holding = std::mem::take(&mut slot.holding);
                     slot.stale.extend(holding);
                 }
+                self.unnoticed.clear();
             }
         }
     }
@@ -436,6 +477,28 @@ impl Model {
         }
         for (task, count) in holders {
             assert!(count <= 2, "{task:?} held by {count} clients");
+        }
+        // A connected client is leased only tasks it knows of: any other would wait for it
+        // forever.
+        for slot in &self.slots {
+            let (Some(conn), Some(session)) = (slot.conn, slot.session) else {
+                continue;
+            };
+            let Some(Some((_, idx))) = self
+                .coordinator
+                .clients
+                .get(&conn)
+                .map(|c| c.session.clone())
+            else {
+                continue;
+            };
+            let known = slot.claims();
+            for task in self.coordinator.sessions[SESSIONS[session]].leased_to(idx) {
+                assert!(
+                    slot.holding.contains(&task) || known.contains(&task),
+                    "task {task} is leased to a client that does not know of it"
+                );
+            }
         }
     }
 

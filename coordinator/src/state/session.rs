@@ -415,11 +415,14 @@ impl Session {
         (idx, actions)
     }
 
-    /// The member holding `ticket` comes back on `conn`, keeping its leases, and taking back
-    /// those of the tasks it is `running` (or ran) that are queued: their lease was not stored
-    /// before a restart, or went back when its connection was lost. Returns its index, the connection it had if it still had one (which
-    /// the caller closes: a client runs one connection at a time, so the old one is dead or
-    /// about to be), and what to send. `None` when no member of this session holds the ticket.
+    /// The member holding `ticket` comes back on `conn`. It keeps the leases of the tasks it is
+    /// `running` (or ran), and takes back those of them that are queued: their lease was not
+    /// stored before a restart, or went back when its connection was lost. Its other leases go
+    /// back to the queue: the client does not know of them, because their assignment was lost
+    /// with its old connection (or never sent before a restart), so they would wait for it
+    /// forever. Returns its index, the connection it had if it still had one (which the caller
+    /// closes: a client runs one connection at a time, so the old one is dead or about to be),
+    /// and what to send. `None` when no member of this session holds the ticket.
     pub(crate) fn resume(
         &mut self,
         conn: ConnId,
@@ -449,7 +452,14 @@ impl Session {
             member.waiting = None;
             self.waiting.retain(|&m| m != idx);
         }
-        let actions = self.attach(idx, conn, false, true);
+        let mut actions = self.attach(idx, conn, false, true);
+        let named: std::collections::BTreeSet<TaskId> = running.iter().copied().collect();
+        actions.extend(self.release_if(
+            idx,
+            |task| !named.contains(&task),
+            "a client came back without knowing of tasks leased to it; they go back to the queue",
+            now,
+        ));
         Some((idx, old, actions))
     }
 
@@ -650,9 +660,30 @@ impl Session {
 
     /// Returns the leases member `idx` holds (see [`Session::leave`]).
     fn release(&mut self, idx: MemberIdx, now: Instant) -> Vec<Action> {
+        self.release_if(
+            idx,
+            |_| true,
+            "a client left holding leases; its tasks go back to the queue",
+            now,
+        )
+    }
+
+    /// Returns the leases member `idx` holds of the tasks `pick` selects: a backup copy takes
+    /// over where there is one, the rest go to the front of the queue. `why` is logged when
+    /// any go back.
+    fn release_if(
+        &mut self,
+        idx: MemberIdx,
+        pick: impl Fn(TaskId) -> bool,
+        why: &str,
+        now: Instant,
+    ) -> Vec<Action> {
         let mut returned = Vec::new();
         let mut changed = Vec::new();
         for (task, slot) in self.slots.iter_mut().enumerate() {
+            if !pick(task as TaskId) {
+                continue;
+            }
             let Slot::Leased {
                 holder,
                 backup,
@@ -677,8 +708,7 @@ impl Session {
         }
         if !returned.is_empty() {
             tracing::info!(session = %self.key, tasks = returned.len(),
-                client = %self.client_id(idx),
-                "a client left holding leases; its tasks go back to the queue");
+                client = %self.client_id(idx), "{why}");
         }
         for task in changed {
             self.touch(task);

@@ -881,6 +881,38 @@ fn a_client_back_after_a_crash_claims_the_task_whose_lease_was_not_stored() {
     assert_eq!(records[mine[0] as usize].as_deref(), Some("job-1"));
 }
 
+/// Regression: a lease whose assignment was lost with a connection the coordinator had not yet
+/// seen die stayed with the client when it came back, though the client never knew of it; with
+/// no backup copies the session waited for that task forever.
+#[test]
+fn leases_a_returning_client_does_not_know_of_go_back_to_the_queue() {
+    let policy = Policy {
+        backups: false,
+        ..Policy::default()
+    };
+    let mut world = World::new(policy);
+    let schema = schema("s", 3);
+    let one = ticket(&world.join(1, "k", &schema), 1);
+    world.join(2, "k", &schema);
+    // Client 1 runs a task, reports it, asks for more, and the answer is lost with its connection.
+    let ran = assignment(&world.request(1, 1), 1).unwrap();
+    world.report(1, passed(&ran));
+    let lost = assignment(&world.request(1, 1), 1).unwrap();
+    // Client 2 takes the rest and waits for more.
+    let rest = assignment(&world.request(2, 3), 2).unwrap();
+    world.report(2, passed(&rest));
+    assert!(
+        world.request(2, 3).is_empty(),
+        "nothing is left to hand out"
+    );
+    // Client 1 comes back naming the task it ran: the lost one goes to the waiting client.
+    let back = world.resume(3, "k", &schema, one, &ran);
+    assert_eq!(assignment(&back, 2), Some(lost.clone()));
+    assert!(world.leased_to("k", 3).is_empty());
+    let actions = world.report(2, passed(&lost));
+    assert!(complete_report(&actions, 2).is_some(), "{actions:?}");
+}
+
 #[test]
 fn a_client_that_does_not_send_the_schema_in_time_is_not_waited_for() {
     let mut world = World::new(Policy::default());
