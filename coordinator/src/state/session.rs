@@ -1,6 +1,6 @@
 //! One session: the tasks of one schema, who holds which, and what has finished.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -432,7 +432,8 @@ impl Session {
     ) -> Option<(MemberIdx, Option<ConnId>, Vec<Action>)> {
         let idx = *self.tickets.get(&ticket)?;
         // Each once, however often the client named it.
-        let reclaimed: std::collections::BTreeSet<TaskId> = running
+        let named: BTreeSet<TaskId> = running.iter().copied().collect();
+        let reclaimed: BTreeSet<TaskId> = named
             .iter()
             .copied()
             .filter(|&t| matches!(self.slots.get(t as usize), Some(Slot::Queued)))
@@ -453,7 +454,6 @@ impl Session {
             self.waiting.retain(|&m| m != idx);
         }
         let mut actions = self.attach(idx, conn, false, true);
-        let named: std::collections::BTreeSet<TaskId> = running.iter().copied().collect();
         actions.extend(self.release_if(
             idx,
             |task| !named.contains(&task),
