@@ -142,7 +142,6 @@ mod tests {
                         holder: 0,
                         backup: None,
                     },
-                    ever: vec![0],
                 },
             );
         }
@@ -162,7 +161,6 @@ mod tests {
                     },
                     client: "job-1".into(),
                 }),
-                ever: vec![],
             },
         );
         let mut memory = MemoryStore::default();

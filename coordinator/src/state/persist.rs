@@ -56,9 +56,6 @@ pub enum SlotState {
 pub struct SlotRow {
     /// Where it stands.
     pub state: SlotState,
-    /// Every member it was ever leased to (holder or backup): those whose report is accepted
-    /// while it is open.
-    pub ever: Vec<MemberIdx>,
 }
 
 /// Changes not yet stored: rows to delete, then rows to write.
@@ -204,7 +201,6 @@ mod tests {
             ("k".into(), 1),
             SlotRow {
                 state: SlotState::Queued,
-                ever: vec![0],
             },
         );
         first.sessions.insert("other".into(), row("other"));

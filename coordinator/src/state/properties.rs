@@ -467,6 +467,21 @@ impl Model {
         for session in self.coordinator.sessions.values() {
             session.check_invariants();
         }
+        // Every result recorded so far came from a client that really received the task.
+        for (index, key) in SESSIONS.iter().enumerate() {
+            let Some(session) = self.coordinator.sessions.get(*key) else {
+                continue;
+            };
+            for (task, client) in session.records().into_iter().enumerate() {
+                let Some(client) = client else { continue };
+                let assigned = self.assigned_to.get(&(index, task as TaskId));
+                assert!(
+                    assigned.is_some_and(|a| a.contains(&client)),
+                    "task {task} of session {key} was recorded from {client}, \
+                     but it was only ever handed to {assigned:?}"
+                );
+            }
+        }
         let mut holders: BTreeMap<(usize, TaskId), usize> = BTreeMap::new();
         for slot in &self.slots {
             if let Some(session) = slot.session {
@@ -568,8 +583,12 @@ proptest! {
             prop_assert_eq!(tasks, (0..TASKS as TaskId).collect::<Vec<_>>());
             // ...each produced by a client the task was actually assigned to.
             for record in &first.records {
-                let assigned = &model.assigned_to[&(session, record.task)];
-                prop_assert!(assigned.contains(&record.client), "{record:?} vs {assigned:?}");
+                let assigned = model.assigned_to.get(&(session, record.task));
+                prop_assert!(
+                    assigned.is_some_and(|a| a.contains(&record.client)),
+                    "task {} of session {} was recorded from {}, but it was only ever handed to {:?}",
+                    record.task, SESSIONS[session], record.client, assigned
+                );
             }
         }
     }

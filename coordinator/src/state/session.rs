@@ -104,11 +104,10 @@ pub(crate) struct Session {
     observed: (u64, u64),
     /// The longest duration known from history or executed in this session so far.
     longest_seen: u64,
-    /// One slot per task, indexed by task id.
+    /// One slot per task, indexed by task id. A result counts only from the member holding a
+    /// task's lease or its backup copy: one whose lease went back (it left, or came back not
+    /// knowing of the task) may never have received it, so what it says of it is not evidence.
     slots: Vec<Slot>,
-    /// Per task, every member it was ever leased to: whose reports count while it is open.
-    /// Emptied when it is done.
-    ever: Vec<Vec<MemberIdx>>,
     /// Queued task ids, next first. Returned leases go to the front: they were started first.
     queue: VecDeque<TaskId>,
     /// The known work in `queue`, in milliseconds, and how many queued tasks are unknown.
@@ -187,7 +186,6 @@ impl Session {
             observed: (0, 0),
             longest_seen: known.iter().flatten().copied().max().unwrap_or(0),
             slots: vec![Slot::Queued; count],
-            ever: vec![Vec::new(); count],
             queue,
             members: BTreeMap::new(),
             tickets: HashMap::new(),
@@ -262,7 +260,6 @@ impl Session {
                 continue;
             };
             debug_assert!(matches!(slot, Slot::Queued));
-            let ever: Vec<MemberIdx> = row.ever.into_iter().filter(is_member).collect();
             let slot = match row.state {
                 SlotState::Queued => Slot::Queued,
                 SlotState::Leased { holder, backup } => match (is_member(&holder), backup) {
@@ -283,23 +280,21 @@ impl Session {
                     Slot::Done(record)
                 }
             };
-            restored.push((task, slot, ever));
+            restored.push((task, slot));
         }
         let taken: std::collections::HashSet<TaskId> = restored
             .iter()
-            .filter(|(_, slot, _)| !matches!(slot, Slot::Queued))
-            .map(|(task, _, _)| *task)
+            .filter(|(_, slot)| !matches!(slot, Slot::Queued))
+            .map(|(task, _)| *task)
             .collect();
         session.queue.retain(|t| !taken.contains(t));
-        for (task, slot, ever) in restored {
+        for (task, slot) in restored {
             let index = task as usize;
             if taken.contains(&task) {
                 session.add_queued(task, -1);
             }
             if matches!(slot, Slot::Done(_)) {
                 session.remaining -= 1;
-            } else {
-                session.ever[index] = ever;
             }
             session.slots[index] = slot;
         }
@@ -343,10 +338,7 @@ impl Session {
                 },
                 Slot::Done(record) => SlotState::Done(record.clone()),
             };
-            let row = SlotRow {
-                state,
-                ever: self.ever[index].clone(),
-            };
+            let row = SlotRow { state };
             journal.slots.insert((self.key.clone(), task), row);
         }
     }
@@ -529,11 +521,12 @@ impl Session {
         self.dispatch(now)
     }
 
-    /// Records results reported by member `idx`. A result counts once, and only from a member
-    /// the task was leased to: its lease holder, the one with its backup copy, or one that held
-    /// it before (a job that lost its connection and came back with the result of a task that is
-    /// still open). The first report wins and any other copy is aborted; a late or duplicate
-    /// report is ignored, and so is a report on a task never leased to this member (a replay).
+    /// Records results reported by member `idx`. A result counts once, and only from the member
+    /// holding the task's lease or its backup copy. A job that lost its connection and comes
+    /// back with results claims their tasks when it rejoins (see [`Session::resume`]), so its
+    /// results count if the tasks are still open and nobody else took them. The first report
+    /// wins and any other copy is aborted; a late or duplicate report is ignored, and so is a
+    /// report from a member whose lease went back (it may never have received the task).
     /// Executed durations go into the timing history.
     pub(crate) fn report(
         &mut self,
@@ -561,22 +554,17 @@ impl Session {
                     tracing::debug!(session = %self.key, task, "ignored a late or duplicate result");
                     continue;
                 }
-                _ if !self.ever[index].contains(&idx) => {
-                    tracing::warn!(session = %self.key, task, client = %client_id,
-                        "ignored a result for a task never leased to this client");
-                    continue;
+                Slot::Leased { holder, backup, .. } if *holder == idx || *backup == Some(idx) => {
+                    [Some(*holder), *backup]
+                        .into_iter()
+                        .flatten()
+                        .filter(|&m| m != idx)
+                        .collect()
                 }
-                Slot::Leased { holder, backup, .. } => [Some(*holder), *backup]
-                    .into_iter()
-                    .flatten()
-                    .filter(|&m| m != idx)
-                    .collect(),
-                Slot::Queued => {
-                    tracing::info!(session = %self.key, task, client = %client_id,
-                        "accepted the result of a task whose lease had gone back to the queue");
-                    self.queue.retain(|&t| t != task);
-                    self.add_queued(task, -1);
-                    Vec::new()
+                _ => {
+                    tracing::warn!(session = %self.key, task, client = %client_id,
+                        "ignored a result for a task not leased to this client");
+                    continue;
                 }
             };
             tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
@@ -592,7 +580,6 @@ impl Session {
                 result,
                 client: client_id.clone(),
             });
-            self.ever[index] = Vec::new();
             self.touch(task);
             self.remaining -= 1;
             for loser in losers {
@@ -741,7 +728,7 @@ impl Session {
                         if let Slot::Leased { backup, .. } = &mut self.slots[task as usize] {
                             *backup = Some(idx);
                         }
-                        self.note_holder(task, idx);
+                        self.touch(task);
                         tracing::info!(session = %self.key, task, "handing out a backup copy of a long task");
                         vec![task]
                     }
@@ -796,16 +783,6 @@ impl Session {
             since: now,
             backup: None,
         };
-        self.note_holder(task, idx);
-    }
-
-    /// Remembers that `task` went to member `idx`, whose report on it then counts, and marks
-    /// its row for the store.
-    fn note_holder(&mut self, task: TaskId, idx: MemberIdx) {
-        let ever = &mut self.ever[task as usize];
-        if !ever.contains(&idx) {
-            ever.push(idx);
-        }
         self.touch(task);
     }
 
@@ -1013,9 +990,7 @@ impl Session {
                 ) => assert_eq!((holder, backup), (h, b)),
                 (live, kept) => panic!("task {task} is {live:?} but stored as {kept:?}"),
             }
-            if !matches!(slot, Slot::Done(_)) {
-                assert_eq!(row.map_or(&[][..], |r| &r.ever[..]), &self.ever[task][..]);
-            }
+            if !matches!(slot, Slot::Done(_)) {}
         }
     }
 

@@ -796,7 +796,7 @@ fn back_joined(actions: &[Action]) -> Arc<ServerMessage> {
 }
 
 #[test]
-fn a_result_from_a_client_that_lost_its_lease_counts_once_while_the_task_is_open() {
+fn a_result_from_a_client_whose_lease_went_to_another_does_not_count() {
     let mut world = World::new(Policy::default());
     let schema = schema("s", 2);
     let ticket = ticket(&world.join(1, "k", &schema), 1);
@@ -806,14 +806,70 @@ fn a_result_from_a_client_that_lost_its_lease_counts_once_while_the_task_is_open
     world.disconnect(1);
     let second = assignment(&world.request(2, 1), 2).unwrap();
     assert_eq!(second, first);
-    // ...but client 1 was only partitioned, comes back and reports first: its result counts,
-    // client 2's copy is aborted, and client 2's late report changes nothing.
-    world.resume(3, "k", &schema, ticket, &[]);
+    // ...client 1 was only partitioned and comes back naming the task, but client 2 holds it
+    // now: client 1's result is not evidence (its lease went back), client 2's counts.
+    world.resume(3, "k", &schema, ticket, &first);
     let actions = world.report(3, passed(&first));
-    assert_eq!(aborted(&actions, 2), Some(first.clone()));
+    assert_eq!(aborted(&actions, 2), None);
+    assert_eq!(
+        world.coordinator.sessions["k"].records()[first[0] as usize],
+        None
+    );
     world.report(2, vec![report_of(first[0], 999, true)]);
     let records = world.coordinator.sessions["k"].records();
+    assert_eq!(records[first[0] as usize].as_deref(), Some("job-2"));
+}
+
+#[test]
+fn a_client_back_with_the_result_of_a_task_still_queued_claims_it_and_it_counts() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    let ticket = ticket(&world.join(1, "k", &schema), 1);
+    let first = assignment(&world.request(1, 1), 1).unwrap();
+    world.disconnect(1);
+    world.resume(2, "k", &schema, ticket, &first);
+    assert_eq!(world.leased_to("k", 2), first);
+    world.report(2, passed(&first));
+    let records = world.coordinator.sessions["k"].records();
     assert_eq!(records[first[0] as usize].as_deref(), Some("job-1"));
+}
+
+/// The property test's first shrunk case: `[Join, RequestLost, Join, ReportAny]`. The answer to a
+/// request went to a connection that had died unseen; the client came back not knowing of the
+/// task, the lease went back to the queue, yet its report of the task was accepted.
+#[test]
+fn a_lease_lost_with_an_unseen_dead_connection_gives_no_say_over_the_task() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    let ticket = ticket(&world.join(1, "k", &schema), 1);
+    // The assignment is sent on connection 1, which the client has already lost.
+    let lost = assignment(&world.request(1, 1), 1).unwrap();
+    world.resume(2, "k", &schema, ticket, &[]);
+    assert!(world.leased_to("k", 2).is_empty());
+    world.report(2, passed(&lost));
+    assert_eq!(
+        world.coordinator.sessions["k"].records()[lost[0] as usize],
+        None
+    );
+}
+
+/// The property test's second shrunk case: `[Request, RequestLost, Wait(15000), Join,
+/// ReportAny]`: the same, with the dead connection noticed (idle timeout) before the client is
+/// back.
+#[test]
+fn a_lease_released_by_the_idle_timeout_gives_no_say_over_the_task() {
+    let mut world = World::new(Policy::default());
+    let schema = schema("s", 2);
+    let ticket = ticket(&world.join(1, "k", &schema), 1);
+    let lost = assignment(&world.request(1, 1), 1).unwrap();
+    world.now += Duration::from_secs(15);
+    world.disconnect(1);
+    world.resume(2, "k", &schema, ticket, &[]);
+    world.report(2, passed(&lost));
+    assert_eq!(
+        world.coordinator.sessions["k"].records()[lost[0] as usize],
+        None
+    );
 }
 
 #[test]
