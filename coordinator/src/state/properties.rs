@@ -573,7 +573,7 @@ proptest! {
             model.check();
         }
         model.finish();
-        for session in 0..SESSIONS.len() {
+        for (session, name) in SESSIONS.iter().enumerate() {
             let reports = &model.reports[&session];
             let first = &reports[0];
             // Every client of the session got the same report...
@@ -587,7 +587,7 @@ proptest! {
                 prop_assert!(
                     assigned.is_some_and(|a| a.contains(&record.client)),
                     "task {} of session {} was recorded from {}, but it was only ever handed to {:?}",
-                    record.task, SESSIONS[session], record.client, assigned
+                    record.task, name, record.client, assigned
                 );
             }
         }
