@@ -9,7 +9,8 @@ use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 use tracing::Instrument as _;
 
-use crate::hub::{Hub, Outgoing};
+use crate::admission::Pass;
+use crate::hub::{Hub, Milestone, Outgoing};
 
 /// What bounds one connection, so a slow or silent peer cannot hold resources.
 #[derive(Debug, Clone, Copy)]
@@ -18,8 +19,13 @@ pub(crate) struct Limits {
     pub(crate) handshake: Duration,
     /// Time allowed between the handshake and the client's hello.
     pub(crate) hello: Duration,
-    /// The largest frame accepted.
+    /// Time allowed between the hello and becoming a member of a session: a client that said
+    /// hello and then only sends keep-alives would otherwise hold its place for good.
+    pub(crate) join: Duration,
+    /// The largest frame accepted once the client is welcomed.
     pub(crate) max_frame_len: usize,
+    /// The largest frame accepted before that.
+    pub(crate) pre_hello_frame_len: usize,
 }
 
 /// The application close codes: 0 after a normal end, 1 after an error message.
@@ -30,7 +36,7 @@ const CLOSE_ERROR: u32 = 1;
 type Codec = MessageCodec<ClientMessage, ServerMessage>;
 
 /// Accepts one incoming connection and serves it until it ends.
-pub(crate) async fn serve(incoming: quinn::Incoming, hub: Arc<Hub>, limits: Limits) {
+pub(crate) async fn serve(incoming: quinn::Incoming, hub: Arc<Hub>, limits: Limits, pass: Pass) {
     let remote = incoming.remote_address();
     let span = tracing::info_span!("connection", %remote);
     async move {
@@ -51,9 +57,20 @@ pub(crate) async fn serve(incoming: quinn::Incoming, hub: Arc<Hub>, limits: Limi
                 return tracing::info!("no stream opened in time");
             }
         };
-        let (conn, outbox) = hub.register();
+        let (conn, outbox) = hub.register(remote.ip());
         tracing::debug!(%conn, "connected");
-        let ending = pump(&connection, send, recv, &hub, conn, outbox, limits).await;
+        let mut pass = pass;
+        let ending = pump(
+            &connection,
+            send,
+            recv,
+            &hub,
+            conn,
+            outbox,
+            limits,
+            &mut pass,
+        )
+        .await;
         hub.disconnect(conn);
         tracing::info!(%conn, "{ending}");
     }
@@ -62,6 +79,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, hub: Arc<Hub>, limits: Limi
 }
 
 /// Moves frames until the connection ends; returns how it ended, for the log.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     connection: &quinn::Connection,
     send: quinn::SendStream,
@@ -70,13 +88,19 @@ async fn pump(
     conn: crate::state::ConnId,
     mut outbox: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
     limits: Limits,
+    pass: &mut Pass,
 ) -> String {
-    let mut reader = FramedRead::new(recv, Codec::new(limits.max_frame_len));
+    // Small frames only until the token is checked: see `Limits::pre_hello_frame_len`.
+    let mut reader = FramedRead::new(recv, Codec::new(limits.pre_hello_frame_len));
     let mut send = send;
-    // The hello must come promptly; after it, QUIC's idle timeout is the only clock.
+    // The hello must come promptly, and the join after it; once a member, QUIC's idle timeout
+    // is the only clock.
     let hello_deadline = tokio::time::sleep(limits.hello);
     tokio::pin!(hello_deadline);
+    let join_deadline = tokio::time::sleep(limits.hello + limits.join);
+    tokio::pin!(join_deadline);
     let mut greeted = false;
+    let mut joined = false;
     // Cleared after a bad frame: the reader cannot resync, and only the outbox matters then.
     let mut reading = true;
     let mut last_error: Option<String> = None;
@@ -101,9 +125,22 @@ async fn pump(
                 None => return "the client finished its stream".into(),
             },
             outgoing = outbox.recv() => match outgoing {
-                Some(Outgoing::Frame { bytes, error }) => {
+                Some(Outgoing::Frame { bytes, error, milestone }) => {
                     if error.is_some() {
                         last_error = error;
+                    }
+                    match milestone {
+                        // Before the welcome is written: the client sends nothing large before
+                        // it has read it.
+                        Some(Milestone::Welcomed) => {
+                            reader.decoder_mut().set_max_frame_len(limits.max_frame_len);
+                            pass.welcomed();
+                            join_deadline
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + limits.join);
+                        }
+                        Some(Milestone::Joined) => joined = true,
+                        None => {}
                     }
                     // `write_chunk` queues the shared bytes without copying them.
                     if let Err(e) = send.write_chunk(bytes).await {
@@ -121,6 +158,10 @@ async fn pump(
             _ = &mut hello_deadline, if !greeted => {
                 connection.close(CLOSE_ERROR.into(), b"no hello in time");
                 return "no hello in time".into();
+            }
+            _ = &mut join_deadline, if !joined => {
+                connection.close(CLOSE_ERROR.into(), b"did not join a session in time");
+                return "did not join a session in time".into();
             }
             reason = connection.closed() => return format!("connection ended: {reason}"),
         }

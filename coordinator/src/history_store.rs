@@ -38,9 +38,12 @@ const CACHE_BYTES: usize = 1 << 20;
 
 /// Opens (or creates) one of the coordinator's redb files, `what` naming it in errors.
 pub(crate) fn open_database(path: &Path, what: &str) -> Result<Database> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_dir::create(dir)?;
     }
+    // It holds session tickets (sessions.redb) or what the repositories' tests are
+    // (history.redb): the coordinator's user only.
+    crate::private_dir::private_file(path)?;
     redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create(path)

@@ -6,11 +6,12 @@
 //! task writes out. The lock is held only while the state machine decides, never across I/O.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use schemas::{ClientMessage, FrameError, ServerMessage};
+use schemas::{ClientMessage, ErrorCode, ErrorMessage, FrameError, ServerMessage};
 use tokio::sync::mpsc;
 
 use crate::session_store::SessionStore;
@@ -26,9 +27,21 @@ pub(crate) enum Outgoing {
         bytes: Bytes,
         /// The message's text, when it is an error: the close reason that follows it.
         error: Option<String>,
+        /// What the message says about the connection's standing, which its task's limits
+        /// follow.
+        milestone: Option<Milestone>,
     },
     /// Deliver what was written, then close.
     Close,
+}
+
+/// A step a connection passed, as its task must know to relax its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Milestone {
+    /// Its hello was accepted (the token checked): it may send full-size frames now.
+    Welcomed,
+    /// It is a member of a session.
+    Joined,
 }
 
 /// The shared state.
@@ -50,6 +63,12 @@ struct Inner {
     next_id: u64,
     /// The largest frame sent.
     max_frame_len: usize,
+    /// Where each open connection comes from.
+    addresses: HashMap<ConnId, IpAddr>,
+    /// Sessions created by a connection from each address, by key, while they are held.
+    created_by: HashMap<String, IpAddr>,
+    /// The most sessions connections from one address may have created and still held.
+    max_sessions_per_address: usize,
 }
 
 impl Hub {
@@ -57,6 +76,7 @@ impl Hub {
         state: Coordinator,
         store: Option<SessionStore>,
         max_frame_len: usize,
+        max_sessions_per_address: usize,
     ) -> Self {
         Hub {
             inner: Mutex::new(Inner {
@@ -64,25 +84,48 @@ impl Hub {
                 outboxes: HashMap::new(),
                 next_id: 1,
                 max_frame_len,
+                addresses: HashMap::new(),
+                created_by: HashMap::new(),
+                max_sessions_per_address,
             }),
             store: store.map(Mutex::new),
         }
     }
 
-    /// A new connection: its id and the outbox its task must drain.
-    pub(crate) fn register(&self) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
+    /// A new connection from `address`: its id and the outbox its task must drain.
+    pub(crate) fn register(&self, address: IpAddr) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
         let mut inner = self.lock();
         let conn = ConnId(inner.next_id);
         inner.next_id += 1;
         let (sender, receiver) = mpsc::unbounded_channel();
         inner.outboxes.insert(conn, sender);
+        inner.addresses.insert(conn, address);
         inner.state.connect(conn);
         (conn, receiver)
     }
 
     pub(crate) fn handle(&self, conn: ConnId, message: ClientMessage) {
         let mut inner = self.lock();
+        // A join bringing a schema creates a session: one address may hold only so many.
+        let creating = match &message {
+            ClientMessage::Join(join) if join.schema.is_some() => Some(join.session_key.clone()),
+            _ => None,
+        };
+        if let Some(key) = &creating {
+            if let Some(refusal) = inner.over_session_share(conn, key) {
+                return inner.apply(refusal);
+            }
+        }
         let actions = inner.state.handle(conn, message, Instant::now());
+        if let Some(key) = creating {
+            let created = actions.iter().any(|action| {
+                matches!(action, Action::Send(to, message)
+                    if *to == conn && matches!(&**message, ServerMessage::Joined(j) if j.created))
+            });
+            if let (true, Some(&address)) = (created, inner.addresses.get(&conn)) {
+                inner.created_by.insert(key, address);
+            }
+        }
         inner.apply(actions);
     }
 
@@ -95,6 +138,7 @@ impl Hub {
     pub(crate) fn disconnect(&self, conn: ConnId) {
         let mut inner = self.lock();
         inner.outboxes.remove(&conn);
+        inner.addresses.remove(&conn);
         let actions = inner.state.disconnect(conn, Instant::now());
         inner.apply(actions);
     }
@@ -107,7 +151,8 @@ impl Hub {
         inner.apply(actions);
         let forgot = !expired.is_empty();
         for key in expired {
-            tracing::info!(session = %key, "forgot an expired session");
+            tracing::info!(session = ?key, "forgot an expired session");
+            inner.created_by.remove(&key);
         }
         if forgot {
             release_freed_memory();
@@ -158,6 +203,35 @@ impl Hub {
 }
 
 impl Inner {
+    /// The refusal for `conn` creating session `key` when its address already created its share
+    /// of the sessions held; `None` when it may.
+    fn over_session_share(&self, conn: ConnId, key: &str) -> Option<Vec<Action>> {
+        let address = self.addresses.get(&conn)?;
+        let held = self
+            .created_by
+            .iter()
+            .filter(|(k, a)| *a == address && k.as_str() != key)
+            .count();
+        if held < self.max_sessions_per_address {
+            return None;
+        }
+        tracing::warn!(%conn, %address, held, "refused a session: its address holds its share");
+        let message = format!(
+            "connections from {address} created {held} sessions the coordinator still holds, \
+             its maximum per address (--max-sessions-per-address); retry later"
+        );
+        Some(vec![
+            Action::Send(
+                conn,
+                Arc::new(ServerMessage::Error(ErrorMessage {
+                    code: ErrorCode::Busy,
+                    message,
+                })),
+            ),
+            Action::Close(conn),
+        ])
+    }
+
     fn apply(&mut self, actions: Vec<Action>) {
         // Frames already encoded in this batch of actions, by message: a broadcast is encoded once.
         let mut encoded: Vec<(Arc<ServerMessage>, Bytes)> = Vec::new();
@@ -181,7 +255,19 @@ impl Inner {
                         ServerMessage::Error(e) => Some(e.message.clone()),
                         _ => None,
                     };
-                    (conn, Outgoing::Frame { bytes, error })
+                    let milestone = match &*message {
+                        ServerMessage::Welcome(_) => Some(Milestone::Welcomed),
+                        ServerMessage::Joined(_) => Some(Milestone::Joined),
+                        _ => None,
+                    };
+                    (
+                        conn,
+                        Outgoing::Frame {
+                            bytes,
+                            error,
+                            milestone,
+                        },
+                    )
                 }
                 Action::Close(conn) => (conn, Outgoing::Close),
             };

@@ -5,13 +5,16 @@
 //! - [`session_store`]: sessions on disk, which a restarted coordinator resumes.
 //! - [`tls`]: the certificate the coordinator presents: loaded, or generated and written down so
 //!   clients can trust it.
-//! - [`server`]: the QUIC endpoint and its accept loop; [`connection`] serves one client.
+//! - [`server`]: the QUIC endpoint and its accept loop; [`connection`] serves one client;
+//!   [`admission`] decides who may connect (limits in all and per address).
 //!
 //! Tests start a server on `127.0.0.1:0` with [`server::Server::bind`] and hand
 //! [`server::Server::run`] their own shutdown future; `main` hands it SIGINT/SIGTERM.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admission;
 pub mod history_store;
+pub mod private_dir;
 pub mod server;
 pub mod session_store;
 pub mod state;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
+use coordinator::admission::AdmissionLimits;
 use coordinator::server::{Server, ServerConfig};
 use coordinator::state::Policy;
 use coordinator::tls::{self, ClientCa, TlsIdentity};
@@ -101,6 +102,29 @@ struct Opt {
     /// The most client connections served at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+
+    /// The most connections from one IP address at once, so that one address cannot take every
+    /// place. Raise it when many jobs reach the coordinator through one NAT address.
+    #[arg(long, default_value_t = 1_000)]
+    max_connections_per_address: usize,
+
+    /// The most connections at once that have not yet been welcomed (handshake and hello not
+    /// done): what peers without the token can make the coordinator hold.
+    #[arg(long, default_value_t = 512)]
+    max_unwelcomed: usize,
+
+    /// The same, per IP address.
+    #[arg(long, default_value_t = 32)]
+    max_unwelcomed_per_address: usize,
+
+    /// The most sessions that connections from one IP address may have created and the
+    /// coordinator still holds, so that one address cannot take every session place.
+    #[arg(long, default_value_t = 100)]
+    max_sessions_per_address: usize,
+
+    /// How long a client that said hello has to join a session before it is disconnected.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    join_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +153,7 @@ async fn run(opt: Opt) -> Result<()> {
     }
     let token = read_token(&opt)?;
     let state_dir = state_dir(&opt)?;
+    coordinator::private_dir::create(&state_dir)?;
     let client_ca = opt
         .client_ca
         .as_deref()
@@ -152,7 +177,14 @@ async fn run(opt: Opt) -> Result<()> {
         ..Policy::default()
     };
     config.idle_timeout = opt.idle_timeout;
-    config.max_connections = opt.max_connections;
+    config.admission = AdmissionLimits {
+        max_connections: opt.max_connections,
+        max_per_address: opt.max_connections_per_address,
+        max_unwelcomed: opt.max_unwelcomed,
+        max_unwelcomed_per_address: opt.max_unwelcomed_per_address,
+    };
+    config.max_sessions_per_address = opt.max_sessions_per_address;
+    config.join_timeout = opt.join_timeout;
     config.history_path = Some(state_dir.join("history.redb"));
     config.sessions_path = Some(state_dir.join("sessions.redb"));
     config.reset_key = Some(tls::load_or_generate_reset_key(&state_dir)?);

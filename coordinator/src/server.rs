@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use tokio::sync::Semaphore;
 
+use crate::admission::{Admission, AdmissionLimits};
 use crate::connection::{self, Limits};
 use crate::hub::Hub;
 use crate::session_store::SessionStore;
@@ -26,9 +26,14 @@ pub struct ServerConfig {
     /// How long a connection may be silent before it counts as lost and its leases go back.
     /// Clients send keep-alives well within it, so a long task never looks silent.
     pub idle_timeout: Duration,
-    /// The most connections served at once; more are refused.
-    pub max_connections: usize,
-    /// The largest frame accepted.
+    /// The most connections served at once, in all and per address; more are refused.
+    pub admission: AdmissionLimits,
+    /// How long a welcomed client has to become a member of a session.
+    pub join_timeout: Duration,
+    /// The most sessions that connections from one address may have created and the
+    /// coordinator still holds.
+    pub max_sessions_per_address: usize,
+    /// The largest frame accepted from a welcomed client.
     pub max_frame_len: usize,
     /// Where timing history is kept across restarts; `None` keeps it in memory only.
     pub history_path: Option<std::path::PathBuf>,
@@ -50,7 +55,9 @@ impl ServerConfig {
             identity,
             policy: Policy::default(),
             idle_timeout: Duration::from_secs(15),
-            max_connections: 10_000,
+            admission: AdmissionLimits::default(),
+            join_timeout: Duration::from_secs(30),
+            max_sessions_per_address: 100,
             max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
             history_path: None,
             sessions_path: None,
@@ -66,7 +73,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     hub: Arc<Hub>,
     limits: Limits,
-    max_connections: usize,
+    admission: Arc<Admission>,
     fingerprint: String,
 }
 
@@ -100,7 +107,12 @@ impl Server {
             .keep_alive_interval(Some(config.idle_timeout / 3))
             // One stream per client carries the whole conversation.
             .max_concurrent_bidi_streams(1u32.into())
-            .max_concurrent_uni_streams(0u32.into());
+            .max_concurrent_uni_streams(0u32.into())
+            // What a peer may make the coordinator buffer for it before the application reads
+            // it (out of order data included): quinn's default is 1.25 MB per stream and no
+            // limit per connection. Enough for a schema upload at full speed on a CI network.
+            .stream_receive_window(RECEIVE_WINDOW.into())
+            .receive_window(RECEIVE_WINDOW.into());
         let history: Box<dyn crate::state::history::History> = match &config.history_path {
             Some(path) => Box::new(crate::history_store::HistoryStore::open(path)?),
             None => Box::new(crate::state::history::MemoryHistory::default()),
@@ -128,13 +140,20 @@ impl Server {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(state, store, config.max_frame_len)),
+            hub: Arc::new(Hub::new(
+                state,
+                store,
+                config.max_frame_len,
+                config.max_sessions_per_address,
+            )),
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),
+                join: config.join_timeout,
                 max_frame_len: config.max_frame_len,
+                pre_hello_frame_len: schemas::PRE_HELLO_MAX_FRAME_LEN.min(config.max_frame_len),
             },
-            max_connections: config.max_connections,
+            admission: Admission::new(config.admission),
             fingerprint,
         })
     }
@@ -152,7 +171,6 @@ impl Server {
     /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
     /// clients to be told.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let permits = Arc::new(Semaphore::new(self.max_connections));
         let housekeeping = tokio::spawn(housekeeping(self.hub.clone()));
         let persisting = tokio::spawn(persisting(self.hub.clone()));
         tokio::pin!(shutdown);
@@ -160,18 +178,16 @@ impl Server {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    match self.admission.admit(incoming.remote_address().ip()) {
+                        Ok(pass) => {
                             let hub = self.hub.clone();
                             let limits = self.limits;
-                            tokio::spawn(async move {
-                                connection::serve(incoming, hub, limits).await;
-                                drop(permit);
-                            });
+                            tokio::spawn(connection::serve(incoming, hub, limits, pass));
                         }
-                        Err(_) => {
+                        Err(refusal) => {
+                            // Refused at the QUIC level, before any TLS work: clients retry.
                             tracing::warn!(remote = %incoming.remote_address(),
-                                "refused a connection: at the limit of {}", self.max_connections);
+                                "refused a connection: {refusal}");
                             incoming.refuse();
                         }
                     }
@@ -221,6 +237,9 @@ async fn persisting(hub: Arc<Hub>) {
         let _ = tokio::task::spawn_blocking(move || hub.persist()).await;
     }
 }
+
+/// The most bytes a client may have in flight to the coordinator (see `stream_receive_window`).
+const RECEIVE_WINDOW: u32 = 512 * 1024;
 
 /// How often changed sessions are written.
 const PERSIST_INTERVAL: Duration = Duration::from_millis(200);

@@ -64,8 +64,7 @@ impl TlsIdentity {
                 dir.display()
             ),
         }
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the TLS directory {}", dir.display()))?;
+        crate::private_dir::create(dir).context("cannot create the TLS directory")?;
         let generated = rcgen::generate_simple_self_signed(names.to_vec())
             .context("cannot generate a self-signed certificate")?;
         write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
@@ -174,7 +173,7 @@ pub fn load_or_generate_reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN]> {
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::private_dir::create(dir)?;
             let mut key = [0; RESET_KEY_LEN];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
             write_private(&path, &key)?;

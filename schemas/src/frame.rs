@@ -18,6 +18,11 @@ use tokio_util::codec::{Decoder, Encoder};
 /// labels, or the final report for it.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
 
+/// The largest frame accepted before a client has been welcomed: a hello is a few hundred bytes,
+/// and a peer that has not proved it holds the token must not make the coordinator hold more
+/// than this for it (see SECURITY.md). The full cap applies once the hello is accepted.
+pub const PRE_HELLO_MAX_FRAME_LEN: usize = 64 * 1024;
+
 /// Bytes of the length prefix.
 const HEADER_LEN: usize = 4;
 
@@ -127,6 +132,14 @@ impl<In, Out> MessageCodec<In, Out> {
     }
 }
 
+impl<In, Out> MessageCodec<In, Out> {
+    /// Changes the largest frame accepted from now on: the coordinator raises it from
+    /// [`PRE_HELLO_MAX_FRAME_LEN`] once a client's hello is accepted.
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
+}
+
 impl<In, Out> Default for MessageCodec<In, Out> {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_FRAME_LEN)
@@ -221,6 +234,18 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("exceeds the maximum"));
+    }
+
+    #[test]
+    fn a_raised_cap_accepts_what_the_first_refused() {
+        let mut codec = Codec::new(PRE_HELLO_MAX_FRAME_LEN);
+        let header = ((PRE_HELLO_MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert!(codec.decode(&mut BytesMut::from(&header[..])).is_err());
+        codec.set_max_frame_len(DEFAULT_MAX_FRAME_LEN);
+        assert!(codec
+            .decode(&mut BytesMut::from(&header[..]))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod frame;
 pub mod protocol;
 pub mod schema;
 
-pub use frame::{encode_frame, FrameError, MessageCodec, DEFAULT_MAX_FRAME_LEN};
+pub use frame::{
+    encode_frame, FrameError, MessageCodec, DEFAULT_MAX_FRAME_LEN, PRE_HELLO_MAX_FRAME_LEN,
+};
 pub use protocol::*;
 pub use schema::{Schema, SchemaDigest, SchemaError, Task};
