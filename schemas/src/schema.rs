@@ -110,6 +110,12 @@ impl Schema {
         if self.name.trim().is_empty() {
             return Err(SchemaError::Invalid("the schema's `name` is empty".into()));
         }
+        if self.name.len() > MAX_TASK_LEN || self.name.chars().any(is_unprintable) {
+            return Err(SchemaError::Invalid(format!(
+                "the schema's `name` {:?} is longer than 4096 bytes or holds control characters",
+                self.name
+            )));
+        }
         if self.tasks.len() > MAX_TASKS {
             return Err(SchemaError::Invalid(format!(
                 "the schema has {} tasks; at most {MAX_TASKS} are allowed",
@@ -164,7 +170,19 @@ fn check_task_text(text: &str) -> Result<(), &'static str> {
     if text.len() > MAX_TASK_LEN {
         return Err("the task text is longer than 4096 bytes");
     }
+    if text.chars().any(is_unprintable) {
+        return Err("the task text holds control characters");
+    }
     Ok(())
+}
+
+/// Whether `c` must never reach a terminal or a log line as it is: a control character (which can
+/// move the cursor, erase lines, end a log line) or one that reorders the text shown around it
+/// (Unicode bidirectional overrides and isolates). Task texts, schema names and client ids are
+/// refused with any; wherever a peer's text is printed, such characters are escaped.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Deserializes `tasks`, refusing a duplicate while its own element is being read, so that
@@ -326,6 +344,24 @@ mod tests {
         assert!(Schema::new("x", ["a", "a"]).is_err());
         assert!(Schema::new("x", ["a".repeat(MAX_TASK_LEN + 1)]).is_err());
         assert!(Schema::new("x", Vec::<String>::new()).is_ok());
+    }
+
+    /// Regression (issue 14): a task text or schema name could carry terminal escapes into every
+    /// job's summary.
+    #[test]
+    fn control_characters_are_refused_in_task_texts_and_names() {
+        for bad in [
+            "a\nb",
+            "\u{1b}[1A\u{1b}[2K",
+            "tab\there",
+            "\u{202e}gnp.exe",
+            "bell\u{7}",
+        ] {
+            let error = Schema::new("x", [bad]).unwrap_err().to_string();
+            assert!(error.contains("control characters"), "{bad:?}: {error}");
+            assert!(Schema::new(bad, ["a"]).is_err(), "{bad:?}");
+        }
+        assert!(Schema::new("x", ["//pkg:ünïcode-tést"]).is_ok());
     }
 
     #[test]

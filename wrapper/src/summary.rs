@@ -1,5 +1,6 @@
 //! The session's summary, printed the same by every client.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
@@ -11,7 +12,7 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
     let width = schema
         .tasks
         .iter()
-        .map(|t| t.task.chars().count())
+        .map(|t| printable(&t.task).chars().count())
         .max()
         .unwrap_or(0)
         .min(80);
@@ -25,7 +26,7 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         report.records.len()
     );
     for record in &report.records {
-        let text = task_text(schema, record);
+        let text = printable(task_text(schema, record));
         let result = &record.result;
         *counts.entry(result.outcome).or_default() += 1;
         clients.insert(record.client.as_str());
@@ -39,7 +40,11 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         if let (false, Some(code)) = (result.outcome.is_success(), result.exit_code) {
             let _ = write!(detail, ", exit {code}");
         }
-        let _ = writeln!(out, "{text:<width$}  {detail}  [{}]", record.client);
+        let _ = writeln!(
+            out,
+            "{text:<width$}  {detail}  [{}]",
+            printable(&record.client)
+        );
     }
     let totals: Vec<String> = counts
         .iter()
@@ -63,11 +68,11 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
 pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
     let mut out = format!(
         "### task-sharding: {} ({} tasks)\n\n| task | result | time | job |\n|---|---|---|---|\n",
-        report.schema_name,
+        markdown_cell(&report.schema_name),
         report.records.len()
     );
     for record in &report.records {
-        let text = task_text(schema, record);
+        let text = markdown_cell(task_text(schema, record)).replace('`', "'");
         let result = &record.result;
         let cached = if from_cache(result) { " (cached)" } else { "" };
         let _ = writeln!(
@@ -75,10 +80,34 @@ pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
             "| `{text}` | {}{cached} | {} | {} |",
             result.outcome.label(),
             seconds(result.duration_ms),
-            record.client.replace('|', "\\|")
+            markdown_cell(&record.client)
         );
     }
     out
+}
+
+/// `text` with every character that could act on a terminal (control characters, bidirectional
+/// overrides) written as an escape (`\u{1b}`), so that a client id or task text from another job
+/// prints as what it is. Client ids and task texts are refused with such characters at the
+/// coordinator; this holds even for a coordinator that lets them through.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(schemas::schema::is_unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if schemas::schema::is_unprintable(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`printable`] text that also cannot end a Markdown table cell or row.
+fn markdown_cell(text: &str) -> String {
+    printable(text).replace('|', "\\|")
 }
 
 /// The text of a record's task.
@@ -137,6 +166,38 @@ mod tests {
             lines[3],
             "task-sharding: 1 passed, 1 failed; run by 2 clients"
         );
+    }
+
+    /// Regression (issue 14): a member's client id with cursor-up and erase-line sequences drew
+    /// a fake "50 passed" line over every job's summary.
+    #[test]
+    fn escapes_in_client_ids_never_reach_the_terminal() {
+        let schema = Schema::new("s", ["a"]).unwrap();
+        let forged = "x\u{1b}[1A\u{1b}[2K\rtask-sharding: 50 passed\n|";
+        let report = SessionReport {
+            schema_name: "s".into(),
+            records: vec![TaskRecord {
+                task: 0,
+                result: TaskResult {
+                    outcome: Outcome::Failed,
+                    exit_code: Some(1),
+                    duration_ms: 0,
+                    executed: true,
+                },
+                client: forged.into(),
+            }],
+        };
+        for text in [render(&schema, &report), markdown(&schema, &report)] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+            assert!(text.contains("\\u{1b}[1A"), "{text}");
+        }
+        let text = render(&schema, &report);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.ends_with("1 failed; run by 1 client\n"), "{text}");
+        assert!(markdown(&schema, &report).contains(r"\u{a}\|"));
     }
 
     /// Regression: a filtered (skipped) target was shown as "(cached) SKIPPED".

@@ -91,6 +91,10 @@ impl Default for Policy {
 
 /// The longest client id accepted; it is echoed into every report.
 const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// The refusal for a missing or wrong token.
+const UNAUTHORIZED: &str = "this coordinator requires a token and was not given the right one; \
+    set TASK_SHARDING_TOKEN to the contents of the coordinator's --token-file";
 /// The longest session key accepted.
 const MAX_SESSION_KEY_LEN: usize = 1024;
 /// The most members one session takes: far more than any CI matrix, few enough that a client
@@ -428,26 +432,24 @@ impl Coordinator {
             );
         }
         if let Some(expected) = &self.policy.token {
-            let presented = hello.token.as_deref().unwrap_or_default();
-            if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-                let message = if hello.token.is_none() {
-                    "this coordinator requires a token; set TASK_SHARDING_TOKEN"
-                } else {
-                    "wrong token; check TASK_SHARDING_TOKEN against the coordinator's --token-file"
-                };
-                tracing::warn!(client = %hello.client_id, "refused a client: {message}");
-                return refuse(conn, ErrorCode::Unauthorized, message.into());
+            // Digests of equal length, compared in constant time: neither the token's bytes nor
+            // its length show in how long a refusal takes.
+            let presented = token_digest(hello.token.as_deref().unwrap_or_default());
+            if !bool::from(presented.ct_eq(&token_digest(expected))) {
+                // One wording for a missing and a wrong token: a prober learns nothing from it.
+                tracing::warn!(%conn, "refused a client: no token or a wrong token");
+                return refuse(conn, ErrorCode::Unauthorized, UNAUTHORIZED.into());
             }
         }
-        if hello.client_id.is_empty() || hello.client_id.len() > MAX_CLIENT_ID_LEN {
-            return refuse(
-                conn,
-                ErrorCode::ProtocolViolation,
-                format!("the client id must have 1 to {MAX_CLIENT_ID_LEN} bytes"),
-            );
+        // Checked before anything of it is logged: it comes from the peer.
+        if let Err(why) = check_client_id(&hello.client_id) {
+            return refuse(conn, ErrorCode::ProtocolViolation, why);
         }
-        tracing::info!(%conn, client = %hello.client_id, host = %hello.info.host,
-            ci_job = ?hello.info.ci_job, version = %hello.info.version, "hello");
+        // Logged in their escaped (Debug) form, so no byte of theirs can forge a log line.
+        let info = &hello.info;
+        tracing::info!(%conn, client = ?hello.client_id, host = ?bounded(&info.host),
+            ci_job = ?info.ci_job.as_deref().map(bounded),
+            version = ?bounded(&info.version), "hello");
         if let Some(client) = self.clients.get_mut(&conn) {
             client.client_id = Some(hello.client_id);
         }
@@ -484,6 +486,18 @@ impl Coordinator {
                 format!("the history scope must have at most {MAX_SESSION_KEY_LEN} bytes"),
             );
         }
+        if join
+            .session_key
+            .chars()
+            .chain(join.history_scope.chars())
+            .any(schemas::schema::is_unprintable)
+        {
+            return refuse(
+                conn,
+                ErrorCode::ProtocolViolation,
+                "the session key and history scope must not hold control characters".into(),
+            );
+        }
         let created = match (self.sessions.get(&join.session_key), join.schema) {
             (Some(session), _) if session.digest() != join.digest => {
                 let theirs = session.schema();
@@ -499,7 +513,7 @@ impl Coordinator {
                     join.task_count,
                     join.digest.short(),
                 );
-                tracing::warn!(session = %join.session_key, client = %client_id, "schema mismatch");
+                tracing::warn!(session = ?join.session_key, client = ?client_id, "schema mismatch");
                 return refuse(conn, ErrorCode::SchemaMismatch, message);
             }
             (Some(_), _) => false,
@@ -558,7 +572,7 @@ impl Coordinator {
                         ),
                     );
                 }
-                tracing::info!(session = %join.session_key, schema = %schema.name,
+                tracing::info!(session = ?join.session_key, schema = ?schema.name,
                     tasks = schema.tasks.len(), digest = %digest.short(), "new session");
                 let known = self.history.lookup(&join.history_scope, &schema.tasks);
                 let session = Session::new(
@@ -580,7 +594,7 @@ impl Coordinator {
             Some(presented) if !created => {
                 match session.resume(conn, presented, &join.running, now) {
                     Some((idx, old, mut actions)) => {
-                        tracing::info!(%conn, session = %join.session_key, client = %client_id,
+                        tracing::info!(%conn, session = ?join.session_key, client = ?client_id,
                         "a client came back");
                         if let Some(old) = old {
                             // The client gave up on its old connection; so does the coordinator.
@@ -592,7 +606,7 @@ impl Coordinator {
                         (idx, actions)
                     }
                     None => {
-                        tracing::warn!(session = %join.session_key, client = %client_id,
+                        tracing::warn!(session = ?join.session_key, client = ?client_id,
                         "refused a ticket that is not of this session");
                         return refuse(
                             conn,
@@ -614,7 +628,7 @@ impl Coordinator {
                         format!("the session has its maximum of {MAX_MEMBERS} members"),
                     );
                 }
-                tracing::info!(%conn, session = %join.session_key, client = %client_id, "joined");
+                tracing::info!(%conn, session = ?join.session_key, client = ?client_id, "joined");
                 session.join(conn, client_id, new_ticket(&mut self.rng), created)
             }
         };
@@ -635,6 +649,38 @@ impl Coordinator {
         let (key, idx) = self.clients.get(&conn)?.session.as_ref()?;
         Some((self.sessions.get_mut(key)?, *idx))
     }
+}
+
+/// The SHA-256 of a token, which is what is compared.
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// A client id is shown in every member's summary and in the logs: bounded, and without control
+/// characters (which could move a terminal's cursor or forge lines).
+fn check_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CLIENT_ID_LEN {
+        return Err(format!(
+            "the client id must have 1 to {MAX_CLIENT_ID_LEN} bytes"
+        ));
+    }
+    if id.chars().any(schemas::schema::is_unprintable) {
+        return Err(format!(
+            "the client id {id:?} holds control characters; use printable text \
+             (TASK_SHARDING_CLIENT_ID)"
+        ));
+    }
+    Ok(())
+}
+
+/// At most the first 256 bytes of a peer's text, for a log line.
+fn bounded(text: &str) -> &str {
+    let mut end = text.len().min(256);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A fresh member's ticket.

@@ -293,14 +293,44 @@ fn tokens_are_checked() {
         ..Policy::default()
     };
     let mut world = World::new(policy);
-    let (code, message) = refusal(&world.hello_with(1, None, PROTOCOL_VERSION), 1);
+    let (code, missing) = refusal(&world.hello_with(1, None, PROTOCOL_VERSION), 1);
     assert_eq!(code, ErrorCode::Unauthorized);
-    assert!(message.contains("requires a token"), "{message}");
-    let (code, message) = refusal(&world.hello_with(2, Some("sesam"), PROTOCOL_VERSION), 2);
+    assert!(missing.contains("requires a token"), "{missing}");
+    // One wording for a missing and a wrong token (issue 14): a prober learns nothing.
+    let (code, wrong) = refusal(&world.hello_with(2, Some("sesam"), PROTOCOL_VERSION), 2);
     assert_eq!(code, ErrorCode::Unauthorized);
-    assert!(message.contains("wrong token"), "{message}");
+    assert_eq!(wrong, missing);
     let welcome = world.hello_with(3, Some("sesame"), PROTOCOL_VERSION);
     assert!(matches!(&welcome[..], [Action::Send(..)]));
+}
+
+/// Regression (issue 14): a client id with control characters reached every member's summary
+/// and, with a newline, forged coordinator log lines.
+#[test]
+fn client_ids_with_control_characters_are_refused() {
+    let mut world = World::new(Policy::default());
+    for (conn, id) in [
+        (1, "a\nfake log line"),
+        (2, "\u{1b}[2K"),
+        (3, ""),
+        (4, &"x".repeat(300)),
+    ] {
+        world.coordinator.connect(ConnId(conn));
+        let actions = world.send(
+            conn,
+            ClientMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_id: id.to_string(),
+                token: None,
+                info: ClientInfo::default(),
+            }),
+        );
+        assert_eq!(
+            refusal(&actions, conn).0,
+            ErrorCode::ProtocolViolation,
+            "{id:?}"
+        );
+    }
 }
 
 #[test]
