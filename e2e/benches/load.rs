@@ -126,8 +126,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run(max_tasks: u32, schema: &Arc<Schema>) {
-    let coordinator =
-        Coordinator::start(&["--idle-timeout", "60s", "--max-connections", "2000"]).unwrap();
+    let coordinator = Coordinator::start(&[
+        "--idle-timeout",
+        "60s",
+        "--max-connections",
+        "2000",
+        "--max-connections-per-address",
+        "2000",
+        "--max-unwelcomed-per-address",
+        "64",
+    ])
+    .unwrap();
     let (idle_mib, _) = memory_mib(coordinator.pid());
     let connect_started = Instant::now();
     let connecting = Arc::new(Semaphore::new(64));
@@ -142,6 +151,7 @@ async fn run(max_tasks: u32, schema: &Arc<Schema>) {
             info: ClientInfo::default(),
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            busy_retry_for: Duration::from_secs(60),
         };
         let connecting = connecting.clone();
         connections.push(tokio::spawn(async move {

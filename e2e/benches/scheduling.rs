@@ -151,6 +151,7 @@ async fn shared_run(
             info: Default::default(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
+            busy_retry_for: Duration::from_secs(60),
         };
         connections.push(tokio::spawn(async move {
             (Connection::connect(&options).await.unwrap().0, options)

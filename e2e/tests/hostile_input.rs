@@ -192,11 +192,14 @@ async fn tokens_are_enforced() {
     )
     .await;
     assert_eq!(code, ErrorCode::Unauthorized);
-    assert!(message.contains("wrong token"), "{message}");
+    assert!(message.contains("requires a token"), "{message}");
 
     // Through the real client, the user sees the coordinator's words and exit code 3.
     let schema = write_schema(dir.path(), "other", &["x".to_string()]).unwrap();
-    for (token, expected) in [(None, "requires a token"), (Some("guess"), "wrong token")] {
+    for (token, expected) in [
+        (None, "requires a token"),
+        (Some("guess"), "requires a token"),
+    ] {
         let mut cmd = coordinator.run_command("run-1", "intruder", &schema, &["true"]);
         if let Some(token) = token {
             cmd.env("TASK_SHARDING_TOKEN", token);

@@ -114,6 +114,7 @@ async fn a_connection_lost_while_reporting_asks_for_work_once() {
         info: Default::default(),
         connect_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(15),
+        busy_retry_for: Duration::from_secs(60),
     };
     let schema = Schema::new("reconnect", (0..TASKS).map(|i| format!("task-{i}"))).unwrap();
     let (restart, restart_asked) = tokio::sync::oneshot::channel();

@@ -3,6 +3,27 @@
 //! The run id is part of the session key: every job of one CI run must compute the same one, and
 //! a re-run must compute a new one (or it would join the finished session and get its results).
 
+/// `key` bound to the run secret (`TASK_SHARDING_RUN_SECRET`): `KEY/sealed-HASH`, where HASH is
+/// a SHA-256 of the secret and the key. The run id in a key is guessable (CI systems show it to
+/// anyone who can see the run), so anyone holding the coordinator's token could join a run's
+/// session under it and report forged results. A secret shared only by the run's jobs makes the
+/// key unguessable: the coordinator never learns the secret, and a client without it cannot name
+/// the session. Without a secret the key is returned as it is.
+pub fn sealed_session_key(key: String, secret: Option<&str>) -> String {
+    use sha2::{Digest as _, Sha256};
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return key;
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(b"task-sharding run secret v1\0");
+    for field in [secret, key.as_str()] {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    let seal = hex::encode(&hasher.finalize()[..16]);
+    format!("{key}/sealed-{seal}")
+}
+
 /// Where the run id came from, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunId {
@@ -150,6 +171,29 @@ mod tests {
             None
         );
         assert_eq!(run_id(env(&[("TASK_SHARDING_RUN_ID", "")])), None);
+    }
+
+    /// Regression (issue 14): the session key was made of guessable parts only, so a token
+    /// holder could join another run's session and report forged results.
+    #[test]
+    fn the_run_secret_makes_the_key_unguessable() {
+        let key = || "run/github-actions/o/r/7/1/honest".to_string();
+        assert_eq!(sealed_session_key(key(), None), key());
+        assert_eq!(sealed_session_key(key(), Some("")), key());
+        let sealed = sealed_session_key(key(), Some("s3cret"));
+        assert!(
+            sealed.starts_with(&format!("{}/sealed-", key())),
+            "{sealed}"
+        );
+        assert_eq!(sealed.len(), key().len() + "/sealed-".len() + 32);
+        assert!(!sealed.contains("s3cret"));
+        // The same secret gives every job the same key; another secret or key another one.
+        assert_eq!(sealed, sealed_session_key(key(), Some("s3cret")));
+        assert_ne!(sealed, sealed_session_key(key(), Some("s3cret2")));
+        assert_ne!(
+            sealed,
+            sealed_session_key(format!("{}x", key()), Some("s3cret"))
+        );
     }
 
     #[test]

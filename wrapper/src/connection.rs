@@ -33,6 +33,9 @@ pub struct ConnectOptions {
     /// How long the coordinator may stay silent before the connection counts as lost. Keep-alives
     /// are sent at a third of it, so a long task never looks silent to the coordinator either.
     pub idle_timeout: Duration,
+    /// How long to keep retrying, with backoff, while the coordinator refuses this client for
+    /// load (a connection limit, [`ErrorCode::Busy`]); then the refusal is returned.
+    pub busy_retry_for: Duration,
 }
 
 /// What went wrong talking to the coordinator.
@@ -88,9 +91,43 @@ pub struct Connection {
     writer: FramedWrite<quinn::SendStream, Codec>,
 }
 
+/// Whether a refusal is for load, and so worth retrying after a while.
+pub fn is_busy(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Refused {
+            code: ErrorCode::Busy,
+            ..
+        }
+    )
+}
+
 impl Connection {
-    /// Connects, verifies the coordinator, and exchanges hello/welcome.
+    /// Connects, verifies the coordinator, and exchanges hello/welcome. While the coordinator
+    /// refuses for load, tries again with backoff (0.1 s doubling to 2 s, with jitter) for
+    /// [`ConnectOptions::busy_retry_for`].
     pub async fn connect(options: &ConnectOptions) -> Result<(Connection, Welcome), ClientError> {
+        let deadline = tokio::time::Instant::now() + options.busy_retry_for;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Self::connect_once(options).await {
+                Err(e) if is_busy(&e) => {
+                    // Jitter, so that jobs refused together do not all come back together.
+                    let jittered = delay.mul_f64(0.5 + f64::from(std::process::id() % 100) / 100.0);
+                    if tokio::time::Instant::now() + jittered >= deadline {
+                        return Err(e);
+                    }
+                    tracing::info!("{e}; retrying in {jittered:?}");
+                    tokio::time::sleep(jittered).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`Connection::connect`].
+    async fn connect_once(options: &ConnectOptions) -> Result<(Connection, Welcome), ClientError> {
         let (addr, server_name) = resolve(&options.coordinator).await?;
         let tls = options
             .trust
@@ -127,6 +164,16 @@ impl Connection {
             .map_err(|e| unreachable(e.to_string()))?;
         let connection = match tokio::time::timeout(options.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(close)))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                return Err(ClientError::Refused {
+                    code: ErrorCode::Busy,
+                    message: "the coordinator refused the connection: it is at a limit on \
+                              connections (in all, or from this address)"
+                        .into(),
+                })
+            }
             Ok(Err(e)) => {
                 return Err(certificate_refused(&e)
                     .unwrap_or_else(|| unreachable(explain_connect_error(&e))))

@@ -34,7 +34,7 @@ pub async fn run(args: RunArgs) -> u8 {
     let interrupt = CancellationToken::new();
     tokio::spawn(cancel_on_signal(interrupt.clone()));
     let session = SessionOptions {
-        session_key: format!("run/{run_id}/{}", schema.name),
+        session_key: args.connect.seal(format!("run/{run_id}/{}", schema.name)),
         history_scope: format!("run:{}", schema.name),
         max_batch: args.max_batch,
         interrupt,

@@ -198,8 +198,9 @@ impl fmt::Debug for ClientIdentity {
     }
 }
 
-/// Accepts exactly one certificate, whatever its names or dates, and still checks that the
-/// server holds its private key (the handshake signatures).
+/// Accepts exactly one certificate, whatever its names, while it is valid (its notBefore and
+/// notAfter), and still checks that the server holds its private key (the handshake
+/// signatures).
 #[derive(Debug)]
 struct PinnedCertificate {
     /// The SHA-256 of the one acceptable certificate.
@@ -215,10 +216,24 @@ impl ServerCertVerifier for PinnedCertificate {
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
         if actual == self.pin {
+            let (not_before, not_after) = validity(end_entity.as_ref()).ok_or_else(|| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+            let now = now.as_secs() as i64;
+            if now < not_before {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidYet,
+                ));
+            }
+            if now > not_after {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired,
+                ));
+            }
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
@@ -264,9 +279,132 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
+/// The notBefore and notAfter of a DER X.509 certificate, in seconds since the Unix epoch:
+/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
+/// signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... }, ... }`.
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (certificate, _) = der_element(der, 0x30)?;
+    let (mut tbs, _) = der_element(certificate, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_element(tbs, 0xa0)?.1;
+    }
+    for tag in [0x02, 0x30, 0x30] {
+        tbs = der_element(tbs, tag)?.1; // serialNumber, signature, issuer
+    }
+    let (validity, _) = der_element(tbs, 0x30)?;
+    let (not_before, rest) = der_time(validity)?;
+    let (not_after, _) = der_time(rest)?;
+    Some((not_before, not_after))
+}
+
+/// The contents of the DER element at the start of `input`, which must have `tag`, and what
+/// follows it.
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&first, rest) = input.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let (&len, mut rest) = rest.split_first()?;
+    let len = if len < 0x80 {
+        len as usize
+    } else {
+        let bytes = (len & 0x7f) as usize;
+        if bytes == 0 || bytes > 4 || rest.len() < bytes {
+            return None;
+        }
+        let (digits, after) = rest.split_at(bytes);
+        rest = after;
+        digits.iter().fold(0usize, |n, &d| (n << 8) | d as usize)
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) at the start of `input`,
+/// in seconds since the Unix epoch, and what follows it.
+fn der_time(input: &[u8]) -> Option<(i64, &[u8])> {
+    let (text, rest, year) = match input.first()? {
+        0x17 => {
+            let (text, rest) = der_element(input, 0x17)?;
+            let yy = digits(text.get(..2)?)?;
+            (
+                text.get(2..)?,
+                rest,
+                if yy < 50 { 2000 + yy } else { 1900 + yy },
+            )
+        }
+        0x18 => {
+            let (text, rest) = der_element(input, 0x18)?;
+            (text.get(4..)?, rest, digits(text.get(..4)?)?)
+        }
+        _ => return None,
+    };
+    if text.len() != 11 || text[10] != b'Z' {
+        return None;
+    }
+    let field = |at: usize| digits(&text[at..at + 2]);
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hour * 3_600 + minute * 60 + second, rest))
+}
+
+fn digits(text: &[u8]) -> Option<i64> {
+    text.iter().try_fold(0i64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 14): a pinned fingerprint accepted an expired certificate.
+    #[test]
+    fn a_pinned_certificate_must_be_current() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2001, 2, 3);
+        params.not_after = rcgen::date_time_ymd(2061, 12, 31);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        let (not_before, not_after) = validity(der.as_ref()).unwrap();
+        assert_eq!(not_before, 981_158_400);
+        assert_eq!(not_after, 2_903_212_800);
+        let pin: [u8; 32] = Sha256::digest(der.as_ref()).into();
+        let verifier = PinnedCertificate {
+            pin,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        };
+        let name = ServerName::try_from("anything").unwrap();
+        let at = |secs| {
+            verifier.verify_server_cert(
+                &der,
+                &[],
+                &name,
+                &[],
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs)),
+            )
+        };
+        assert!(at(1_700_000_000).is_ok());
+        assert!(matches!(
+            at(2_903_212_801),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired
+            ))
+        ));
+        assert!(matches!(
+            at(981_158_399),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidYet
+            ))
+        ));
+    }
 
     #[test]
     fn fingerprints_parse_with_or_without_colons() {

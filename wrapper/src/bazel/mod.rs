@@ -151,7 +151,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     let interrupt = CancellationToken::new();
     tokio::spawn(crate::run_command::cancel_on_signal(interrupt.clone()));
     let session = SessionOptions {
-        session_key: key,
+        session_key: connect.seal(key),
         history_scope: format!("bazel:{}", repository_identity()),
         max_batch: MAX_BATCH,
         interrupt,
