@@ -1,38 +1,18 @@
 //! Bad peers are refused in words, and a session running beside them completes.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+mod hostile;
+
 use std::time::Duration;
 
 use bytes::{BufMut as _, BytesMut};
-use e2e::{summary, write_schema, Coordinator, Job};
-use futures_util::SinkExt as _;
+use e2e::{summary, write_schema, Coordinator};
 use futures_util::StreamExt as _;
+use hostile::{assert_completed, framed, hello, honest_session, raw_connect, Raw, LIMIT};
 use schemas::{
-    ClientInfo, ClientMessage, ErrorCode, Hello, Join, MessageCodec, Outcome, Schema,
-    ServerMessage, TaskReport, TaskResult, Ticket, WorkRequest, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, MessageCodec, Outcome, Schema, ServerMessage, TaskReport, TaskResult,
+    WorkRequest, PROTOCOL_VERSION,
 };
-use tokio_util::codec::{FramedRead, FramedWrite};
-use wrapper::trust::Trust;
-
-const LIMIT: Duration = Duration::from_secs(90);
-
-/// A raw QUIC connection to the coordinator, verifying it by its CA file, offering `alpn`.
-async fn raw_connect(
-    coordinator: &Coordinator,
-    alpn: &[u8],
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let mut tls = Trust::CaFile(coordinator.cert.clone())
-        .client_config()
-        .unwrap();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let addr: SocketAddr = coordinator.addr.parse().unwrap();
-    endpoint.connect(addr, "localhost").unwrap().await
-}
+use tokio_util::codec::FramedRead;
 
 /// Sends `bytes` on a fresh stream and returns the coordinator's error, which must come before
 /// it closes the connection.
@@ -63,60 +43,11 @@ async fn refusal_for(coordinator: &Coordinator, bytes: &[u8]) -> (ErrorCode, Str
     }
 }
 
-fn hello(version: u16, token: Option<&str>) -> ClientMessage {
-    ClientMessage::Hello(Hello {
-        protocol_version: version,
-        client_id: "hostile".into(),
-        token: token.map(str::to_string),
-        info: ClientInfo::default(),
-    })
-}
-
-fn framed(message: &ClientMessage) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut MessageCodec::<ServerMessage, ClientMessage>::default(),
-        message,
-        &mut buf,
-    )
-    .unwrap();
-    buf.to_vec()
-}
-
-/// Starts three honest clients in a session of slow-ish tasks.
-fn honest_session(coordinator: &Coordinator, dir: &Path, token: Option<&str>) -> Vec<Job> {
-    let tasks: Vec<String> = (0..9).map(|i| format!("t{i}")).collect();
-    let schema = write_schema(dir, "honest", &tasks).unwrap();
-    (1..=3)
-        .map(|i| {
-            let name = format!("honest-{i}");
-            let mut cmd = coordinator.run_command("run-1", &name, &schema, &["sleep", "0.4"]);
-            if let Some(token) = token {
-                cmd.env("TASK_SHARDING_TOKEN", token);
-            }
-            Job::spawn(&name, cmd).unwrap()
-        })
-        .collect()
-}
-
-fn assert_completed(jobs: Vec<Job>) {
-    let outputs: Vec<_> = jobs.into_iter().map(|j| j.wait(LIMIT).unwrap()).collect();
-    for output in &outputs {
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(summary(&String::from_utf8_lossy(&output.stdout)).contains("9 passed"));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_frames_and_versions_are_refused_while_a_session_completes() {
     let coordinator = Coordinator::start(&[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let honest = honest_session(&coordinator, dir.path(), None);
+    let honest = honest_session(&coordinator, dir.path(), &[]);
 
     // A hello from another protocol version.
     let (code, message) =
@@ -184,7 +115,11 @@ async fn tokens_are_enforced() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "open-sesame\n").unwrap();
     let coordinator = Coordinator::start(&["--token-file", token_file.to_str().unwrap()]).unwrap();
-    let honest = honest_session(&coordinator, dir.path(), Some("open-sesame"));
+    let honest = honest_session(
+        &coordinator,
+        dir.path(),
+        &[("TASK_SHARDING_TOKEN", "open-sesame")],
+    );
 
     let (code, message) = refusal_for(
         &coordinator,
@@ -222,7 +157,7 @@ async fn tokens_are_enforced() {
 async fn a_conflicting_schema_under_the_same_run_is_refused() {
     let coordinator = Coordinator::start(&[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let honest = honest_session(&coordinator, dir.path(), None);
+    let honest = honest_session(&coordinator, dir.path(), &[]);
     // Once the honest session exists (else the confused client would create it and the honest
     // ones be refused instead)...
     e2e::wait_until("the honest session exists", LIMIT, || {
@@ -281,62 +216,13 @@ async fn a_pinned_fingerprint_is_checked() {
     );
 }
 
-/// A client speaking the protocol by hand, to send what a real client never would.
-struct Raw {
-    _connection: quinn::Connection,
-    reader: FramedRead<quinn::RecvStream, MessageCodec<ServerMessage, ClientMessage>>,
-    writer: FramedWrite<quinn::SendStream, MessageCodec<ServerMessage, ClientMessage>>,
-}
-
-impl Raw {
-    async fn greeted(coordinator: &Coordinator) -> Raw {
-        let connection = raw_connect(coordinator, schemas::ALPN).await.unwrap();
-        let (send, recv) = connection.open_bi().await.unwrap();
-        let mut raw = Raw {
-            _connection: connection,
-            reader: FramedRead::new(recv, MessageCodec::default()),
-            writer: FramedWrite::new(send, MessageCodec::default()),
-        };
-        let welcome = raw.ask(hello(PROTOCOL_VERSION, None)).await;
-        assert!(matches!(welcome, ServerMessage::Welcome(_)), "{welcome:?}");
-        raw
-    }
-
-    async fn send(&mut self, message: ClientMessage) {
-        self.writer.send(&message).await.unwrap();
-    }
-
-    async fn ask(&mut self, message: ClientMessage) -> ServerMessage {
-        self.send(message).await;
-        tokio::time::timeout(LIMIT, self.reader.next())
-            .await
-            .expect("an answer")
-            .expect("not closed")
-            .unwrap()
-    }
-
-    /// Joins `key` with `schema`, uploading it if asked, presenting `resume`.
-    async fn join(&mut self, key: &str, schema: &Schema, resume: Option<Ticket>) -> ServerMessage {
-        let join = |with_schema| {
-            ClientMessage::Join(Join {
-                resume,
-                ..Join::new(key.into(), schema, "run:replay".into(), with_schema)
-            })
-        };
-        match self.ask(join(false)).await {
-            ServerMessage::NeedSchema => self.ask(join(true)).await,
-            other => other,
-        }
-    }
-}
-
 /// Messages lifted from one session and replayed into another are refused: a member's ticket
 /// is good for its own session only, and results count only for tasks leased to the reporter.
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_replayed_from_another_session_are_refused() {
     let coordinator = Coordinator::start(&[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let honest = honest_session(&coordinator, dir.path(), None);
+    let honest = honest_session(&coordinator, dir.path(), &[]);
     let honest_key = "run/run-1/honest";
     let honest_schema = Schema::new("honest", (0..9).map(|i| format!("t{i}"))).unwrap();
 
