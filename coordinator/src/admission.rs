@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use schemas::FrameBudget;
+
 /// The limits, from the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
@@ -21,6 +23,10 @@ pub struct AdmissionLimits {
     pub max_unwelcomed: usize,
     /// The most connections from one IP address at once that have not been welcomed yet.
     pub max_unwelcomed_per_address: usize,
+    /// The most bytes of large incomplete frames all connections may hold at once.
+    pub max_buffered: usize,
+    /// The same, for the connections from one IP address.
+    pub max_buffered_per_address: usize,
 }
 
 impl Default for AdmissionLimits {
@@ -30,6 +36,8 @@ impl Default for AdmissionLimits {
             max_per_address: 1_000,
             max_unwelcomed: 512,
             max_unwelcomed_per_address: 32,
+            max_buffered: 1 << 30,
+            max_buffered_per_address: 256 << 20,
         }
     }
 }
@@ -71,6 +79,8 @@ impl std::fmt::Display for Refusal {
 pub(crate) struct Admission {
     limits: AdmissionLimits,
     counts: Mutex<Counts>,
+    /// What every connection's large incomplete frames share.
+    buffered: Arc<FrameBudget>,
 }
 
 #[derive(Debug, Default)]
@@ -79,8 +89,19 @@ struct Counts {
     total: usize,
     /// Open connections not yet welcomed.
     unwelcomed: usize,
-    /// By address: (open, not yet welcomed). An address with neither is removed.
-    by_address: HashMap<IpAddr, (usize, usize)>,
+    /// By address. An address without open connections is removed.
+    by_address: HashMap<IpAddr, PerAddress>,
+}
+
+/// One address's counts.
+#[derive(Debug)]
+struct PerAddress {
+    /// Open connections.
+    open: usize,
+    /// Open connections not yet welcomed.
+    unwelcomed: usize,
+    /// What its connections' large incomplete frames share.
+    buffered: Arc<FrameBudget>,
 }
 
 /// One admitted connection's place; gives it back when dropped.
@@ -90,6 +111,8 @@ pub(crate) struct Pass {
     address: IpAddr,
     /// Whether it still counts as not yet welcomed.
     unwelcomed: bool,
+    /// The budgets its large frames must fit in: everyone's and its address's.
+    budgets: Vec<Arc<FrameBudget>>,
 }
 
 impl Admission {
@@ -97,6 +120,7 @@ impl Admission {
         Arc::new(Admission {
             limits,
             counts: Mutex::new(Counts::default()),
+            buffered: FrameBudget::new(limits.max_buffered),
         })
     }
 
@@ -104,7 +128,10 @@ impl Admission {
     pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Pass, Refusal> {
         let limits = self.limits;
         let mut counts = self.lock();
-        let (open, unwelcomed) = counts.by_address.get(&address).copied().unwrap_or((0, 0));
+        let (open, unwelcomed) = counts
+            .by_address
+            .get(&address)
+            .map_or((0, 0), |a| (a.open, a.unwelcomed));
         if counts.total >= limits.max_connections {
             return Err(Refusal::Connections(limits.max_connections));
         }
@@ -121,13 +148,22 @@ impl Admission {
         }
         counts.total += 1;
         counts.unwelcomed += 1;
-        counts
+        let entry = counts
             .by_address
-            .insert(address, (open + 1, unwelcomed + 1));
+            .entry(address)
+            .or_insert_with(|| PerAddress {
+                open: 0,
+                unwelcomed: 0,
+                buffered: FrameBudget::new(limits.max_buffered_per_address),
+            });
+        entry.open += 1;
+        entry.unwelcomed += 1;
+        let budgets = vec![self.buffered.clone(), entry.buffered.clone()];
         Ok(Pass {
             admission: self.clone(),
             address,
             unwelcomed: true,
+            budgets,
         })
     }
 
@@ -138,6 +174,11 @@ impl Admission {
 }
 
 impl Pass {
+    /// The budgets the connection's large incoming frames must fit in.
+    pub(crate) fn budgets(&self) -> Vec<Arc<FrameBudget>> {
+        self.budgets.clone()
+    }
+
     /// The connection was welcomed: it no longer counts against the limits on connections not
     /// yet past their hello.
     pub(crate) fn welcomed(&mut self) {
@@ -145,7 +186,7 @@ impl Pass {
             let mut counts = self.admission.lock();
             counts.unwelcomed -= 1;
             if let Some(entry) = counts.by_address.get_mut(&self.address) {
-                entry.1 -= 1;
+                entry.unwelcomed -= 1;
             }
         }
     }
@@ -157,8 +198,8 @@ impl Drop for Pass {
         let mut counts = self.admission.lock();
         counts.total -= 1;
         if let Some(entry) = counts.by_address.get_mut(&self.address) {
-            entry.0 -= 1;
-            if *entry == (0, 0) {
+            entry.open -= 1;
+            if entry.open == 0 {
                 counts.by_address.remove(&self.address);
             }
         }
@@ -180,6 +221,7 @@ mod tests {
             max_per_address: 3,
             max_unwelcomed: 5,
             max_unwelcomed_per_address: 2,
+            ..AdmissionLimits::default()
         });
         let mut a: Vec<Pass> = (0..2).map(|_| admission.admit(ip(2)).unwrap()).collect();
         assert_eq!(
@@ -193,6 +235,10 @@ mod tests {
         assert_eq!(admission.admit(ip(2)).unwrap_err(), Refusal::PerAddress(3));
         // Another address is not affected.
         let b = admission.admit(ip(1)).unwrap();
+        // Its connections share their address's frame budget, and everyone's, not b's.
+        assert!(Arc::ptr_eq(&a[0].budgets()[1], &a[2].budgets()[1]));
+        assert!(!Arc::ptr_eq(&a[0].budgets()[1], &b.budgets()[1]));
+        assert!(Arc::ptr_eq(&a[0].budgets()[0], &b.budgets()[0]));
         drop(a);
         drop(b);
         assert!(admission.lock().by_address.is_empty());
@@ -207,6 +253,7 @@ mod tests {
             max_per_address: 3,
             max_unwelcomed: 2,
             max_unwelcomed_per_address: 2,
+            ..AdmissionLimits::default()
         });
         let mut passes: Vec<Pass> = (1..=2).map(|i| admission.admit(ip(i)).unwrap()).collect();
         assert_eq!(admission.admit(ip(3)).unwrap_err(), Refusal::Unwelcomed(2));

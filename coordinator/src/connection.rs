@@ -91,7 +91,10 @@ async fn pump(
     pass: &mut Pass,
 ) -> String {
     // Small frames only until the token is checked: see `Limits::pre_hello_frame_len`.
-    let mut reader = FramedRead::new(recv, Codec::new(limits.pre_hello_frame_len));
+    // Large frames take their length from what all connections, and those of this address, may
+    // buffer together, until they are complete.
+    let codec = Codec::new(limits.pre_hello_frame_len).with_budgets(pass.budgets());
+    let mut reader = FramedRead::new(recv, codec);
     let mut send = send;
     // The hello must come promptly, and the join after it; once a member, QUIC's idle timeout
     // is the only clock.

@@ -65,10 +65,38 @@ struct Inner {
     max_frame_len: usize,
     /// Where each open connection comes from.
     addresses: HashMap<ConnId, IpAddr>,
-    /// Sessions created by a connection from each address, by key, while they are held.
-    created_by: HashMap<String, IpAddr>,
-    /// The most sessions connections from one address may have created and still held.
-    max_sessions_per_address: usize,
+    /// The address whose connection created each session, and its schema's bytes, by key,
+    /// while the session is held.
+    created_by: HashMap<String, (IpAddr, usize)>,
+    /// What the sessions created from one address, and from all, may hold.
+    shares: SessionShares,
+}
+
+/// What sessions may hold: so many per address of the client that created them, and schema
+/// text in all and per address (a schema is held in memory and on disk for the session's life).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionShares {
+    /// The most sessions created from one address and held.
+    pub sessions_per_address: usize,
+    /// The most bytes of schema text (task texts and names) held in all.
+    pub schema_bytes: usize,
+    /// The same, for the sessions created from one address.
+    pub schema_bytes_per_address: usize,
+}
+
+impl Default for SessionShares {
+    fn default() -> Self {
+        SessionShares {
+            sessions_per_address: 100,
+            schema_bytes: 1 << 30,
+            schema_bytes_per_address: 256 << 20,
+        }
+    }
+}
+
+/// The bytes of schema text a schema makes the coordinator hold.
+fn schema_bytes(schema: &schemas::Schema) -> usize {
+    schema.name.len() + schema.tasks.iter().map(|t| t.task.len()).sum::<usize>()
 }
 
 impl Hub {
@@ -76,7 +104,7 @@ impl Hub {
         state: Coordinator,
         store: Option<SessionStore>,
         max_frame_len: usize,
-        max_sessions_per_address: usize,
+        shares: SessionShares,
     ) -> Self {
         Hub {
             inner: Mutex::new(Inner {
@@ -86,7 +114,7 @@ impl Hub {
                 max_frame_len,
                 addresses: HashMap::new(),
                 created_by: HashMap::new(),
-                max_sessions_per_address,
+                shares,
             }),
             store: store.map(Mutex::new),
         }
@@ -108,22 +136,25 @@ impl Hub {
         let mut inner = self.lock();
         // A join bringing a schema creates a session: one address may hold only so many.
         let creating = match &message {
-            ClientMessage::Join(join) if join.schema.is_some() => Some(join.session_key.clone()),
+            ClientMessage::Join(join) => join
+                .schema
+                .as_ref()
+                .map(|schema| (join.session_key.clone(), schema_bytes(schema))),
             _ => None,
         };
-        if let Some(key) = &creating {
-            if let Some(refusal) = inner.over_session_share(conn, key) {
+        if let Some((key, bytes)) = &creating {
+            if let Some(refusal) = inner.over_session_share(conn, key, *bytes) {
                 return inner.apply(refusal);
             }
         }
         let actions = inner.state.handle(conn, message, Instant::now());
-        if let Some(key) = creating {
+        if let Some((key, bytes)) = creating {
             let created = actions.iter().any(|action| {
                 matches!(action, Action::Send(to, message)
                     if *to == conn && matches!(&**message, ServerMessage::Joined(j) if j.created))
             });
             if let (true, Some(&address)) = (created, inner.addresses.get(&conn)) {
-                inner.created_by.insert(key, address);
+                inner.created_by.insert(key, (address, bytes));
             }
         }
         inner.apply(actions);
@@ -131,7 +162,11 @@ impl Hub {
 
     pub(crate) fn bad_frame(&self, conn: ConnId, error: &FrameError) {
         let mut inner = self.lock();
-        let actions = inner.state.bad_frame(conn, error);
+        let actions = match error {
+            // Not the client's fault: the coordinator is buffering all it may right now.
+            FrameError::OverBudget { .. } => busy(conn, format!("{error}")),
+            _ => inner.state.bad_frame(conn, error),
+        };
         inner.apply(actions);
     }
 
@@ -203,33 +238,42 @@ impl Hub {
 }
 
 impl Inner {
-    /// The refusal for `conn` creating session `key` when its address already created its share
-    /// of the sessions held; `None` when it may.
-    fn over_session_share(&self, conn: ConnId, key: &str) -> Option<Vec<Action>> {
+    /// The refusal for `conn` creating session `key` with `bytes` of schema text when that
+    /// would take its address, or everyone, past their share; `None` when it may.
+    fn over_session_share(&self, conn: ConnId, key: &str, bytes: usize) -> Option<Vec<Action>> {
         let address = self.addresses.get(&conn)?;
-        let held = self
-            .created_by
-            .iter()
-            .filter(|(k, a)| *a == address && k.as_str() != key)
-            .count();
-        if held < self.max_sessions_per_address {
-            return None;
+        let others = self.created_by.iter().filter(|(k, _)| k.as_str() != key);
+        let (mut held, mut ours, mut all) = (0, bytes, bytes);
+        for (_, (creator, schema)) in others {
+            all += schema;
+            if creator == address {
+                held += 1;
+                ours += schema;
+            }
         }
-        tracing::warn!(%conn, %address, held, "refused a session: its address holds its share");
-        let message = format!(
-            "connections from {address} created {held} sessions the coordinator still holds, \
-             its maximum per address (--max-sessions-per-address); retry later"
-        );
-        Some(vec![
-            Action::Send(
-                conn,
-                Arc::new(ServerMessage::Error(ErrorMessage {
-                    code: ErrorCode::Busy,
-                    message,
-                })),
-            ),
-            Action::Close(conn),
-        ])
+        let shares = self.shares;
+        let message = if held >= shares.sessions_per_address {
+            format!(
+                "connections from {address} created {held} sessions the coordinator still \
+                 holds, its maximum per address (--max-sessions-per-address); retry later"
+            )
+        } else if ours > shares.schema_bytes_per_address {
+            format!(
+                "the sessions created from {address} would hold {ours} bytes of schemas, more \
+                 than its share of {} (--max-schema-bytes-per-address); retry later",
+                shares.schema_bytes_per_address
+            )
+        } else if all > shares.schema_bytes {
+            format!(
+                "the sessions held would hold {all} bytes of schemas, more than the \
+                 coordinator's maximum of {} (--max-schema-bytes); retry later",
+                shares.schema_bytes
+            )
+        } else {
+            return None;
+        };
+        tracing::warn!(%conn, %address, "refused a session: {message}");
+        Some(busy(conn, message))
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
@@ -277,6 +321,20 @@ impl Inner {
             }
         }
     }
+}
+
+/// Refuses `conn` for load: `Busy`, then close.
+fn busy(conn: ConnId, message: String) -> Vec<Action> {
+    vec![
+        Action::Send(
+            conn,
+            Arc::new(ServerMessage::Error(ErrorMessage {
+                code: ErrorCode::Busy,
+                message,
+            })),
+        ),
+        Action::Close(conn),
+    ]
 }
 
 /// Hands memory freed by forgotten sessions back to the system. glibc's allocator keeps freed

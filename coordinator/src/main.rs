@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use coordinator::admission::AdmissionLimits;
-use coordinator::server::{Server, ServerConfig};
+use coordinator::server::{Server, ServerConfig, SessionShares};
 use coordinator::state::Policy;
 use coordinator::tls::{self, ClientCa, TlsIdentity};
 
@@ -122,6 +122,24 @@ struct Opt {
     #[arg(long, default_value_t = 100)]
     max_sessions_per_address: usize,
 
+    /// The most bytes that all connections' incomplete large frames (schema uploads) may hold
+    /// at once; a frame that does not fit is refused as Busy, before its body is buffered.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_buffered_bytes: usize,
+
+    /// The same, for the connections from one IP address.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_buffered_bytes_per_address: usize,
+
+    /// The most bytes of schema text (task texts) all held sessions may hold: each is kept in
+    /// memory and in sessions.redb for the session's life.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_schema_bytes: usize,
+
+    /// The same, for the sessions created from one IP address.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_schema_bytes_per_address: usize,
+
     /// How long a client that said hello has to join a session before it is disconnected.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -182,8 +200,14 @@ async fn run(opt: Opt) -> Result<()> {
         max_per_address: opt.max_connections_per_address,
         max_unwelcomed: opt.max_unwelcomed,
         max_unwelcomed_per_address: opt.max_unwelcomed_per_address,
+        max_buffered: opt.max_buffered_bytes,
+        max_buffered_per_address: opt.max_buffered_bytes_per_address,
     };
-    config.max_sessions_per_address = opt.max_sessions_per_address;
+    config.shares = SessionShares {
+        sessions_per_address: opt.max_sessions_per_address,
+        schema_bytes: opt.max_schema_bytes,
+        schema_bytes_per_address: opt.max_schema_bytes_per_address,
+    };
     config.join_timeout = opt.join_timeout;
     config.history_path = Some(state_dir.join("history.redb"));
     config.sessions_path = Some(state_dir.join("sessions.redb"));

@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use crate::admission::{Admission, AdmissionLimits};
 use crate::connection::{self, Limits};
 use crate::hub::Hub;
+pub use crate::hub::SessionShares;
 use crate::session_store::SessionStore;
 use crate::state::{Coordinator, Policy};
 use crate::tls::{ClientCa, TlsIdentity};
@@ -30,9 +31,8 @@ pub struct ServerConfig {
     pub admission: AdmissionLimits,
     /// How long a welcomed client has to become a member of a session.
     pub join_timeout: Duration,
-    /// The most sessions that connections from one address may have created and the
-    /// coordinator still holds.
-    pub max_sessions_per_address: usize,
+    /// What the sessions created from one address, and from all, may hold.
+    pub shares: SessionShares,
     /// The largest frame accepted from a welcomed client.
     pub max_frame_len: usize,
     /// Where timing history is kept across restarts; `None` keeps it in memory only.
@@ -57,7 +57,7 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(15),
             admission: AdmissionLimits::default(),
             join_timeout: Duration::from_secs(30),
-            max_sessions_per_address: 100,
+            shares: SessionShares::default(),
             max_frame_len: schemas::DEFAULT_MAX_FRAME_LEN,
             history_path: None,
             sessions_path: None,
@@ -140,12 +140,7 @@ impl Server {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(
-                state,
-                store,
-                config.max_frame_len,
-                config.max_sessions_per_address,
-            )),
+            hub: Arc::new(Hub::new(state, store, config.max_frame_len, config.shares)),
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),

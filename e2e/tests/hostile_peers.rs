@@ -36,7 +36,7 @@ fn guarded(args: &[&str]) -> (Coordinator, tempfile::TempDir) {
 /// bounded by the limits on connections not yet welcomed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_without_the_token_leaves_memory_bounded() {
-    let (coordinator, dir) = guarded(&[]);
+    let (coordinator, dir) = guarded(&["--max-unwelcomed-per-address", "12"]);
     let honest = honest_session(&coordinator, dir.path(), &[("TASK_SHARDING_TOKEN", TOKEN)]);
     let before = memory_mib(coordinator.pid(), "VmRSS:");
 
@@ -58,24 +58,33 @@ async fn a_flood_without_the_token_leaves_memory_bounded() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 
-    // The most it can do now: from several addresses, as many connections as are let in, each
-    // filling a 64 KiB frame it never finishes. 8 addresses x 40 tries (32 let in per address).
+    // The most it can do now: from several addresses at once, as many connections as are let
+    // in, each filling a 64 KiB frame it never finishes. 8 addresses x 16 tries, all at once (so
+    // that every one is admitted or refused before the first hello timeout frees a place),
+    // against 12 let in per address.
+    let attempts = (2..=9)
+        .flat_map(|last| (0..16).map(move |_| last))
+        .map(|last| {
+            let coordinator = &coordinator;
+            async move {
+                let mut raw = Raw::connected_from(coordinator, loopback(last)).await?;
+                let mut frame = (64u32 * 1024).to_be_bytes().to_vec();
+                frame.extend(std::iter::repeat_n(0xa5u8, 64 * 1024 - 1));
+                let _ = raw.writer.get_mut().write_all(&frame).await;
+                Ok::<_, quinn::ConnectionError>(raw)
+            }
+        });
     let mut held = Vec::new();
     let mut refused = 0;
-    for _ in 0..40 {
-        for last in 2..=9 {
-            match Raw::connected_from(&coordinator, loopback(last)).await {
-                Ok(mut raw) => {
-                    let mut frame = (64u32 * 1024).to_be_bytes().to_vec();
-                    frame.extend(std::iter::repeat_n(0xa5u8, 64 * 1024 - 1));
-                    if raw.writer.get_mut().write_all(&frame).await.is_ok() {
-                        held.push(raw);
-                    } else {
-                        refused += 1;
-                    }
-                }
-                Err(_) => refused += 1,
+    for attempt in futures_util::future::join_all(attempts).await {
+        match attempt {
+            Ok(raw) => held.push(raw),
+            Err(quinn::ConnectionError::ConnectionClosed(close))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                refused += 1
             }
+            Err(e) => println!("a flood connection failed otherwise: {e}"),
         }
     }
     // Every one is dropped at the hello timeout, having held its bytes until then: only then is
@@ -91,7 +100,7 @@ async fn a_flood_without_the_token_leaves_memory_bounded() {
         held.len()
     );
     assert!(held.len() >= 8, "the flood never got in: {}", held.len());
-    assert!(refused > 0, "no limit on connections without a hello held");
+    assert_eq!(refused, 8 * 4, "12 of 16 let in per address");
     assert!(peak < 400.0, "peak RSS {peak:.0} MiB");
     tokio::task::spawn_blocking(move || assert_completed(honest))
         .await
@@ -111,7 +120,7 @@ async fn idle_connections_with_the_token_do_not_lock_other_addresses_out() {
         "--max-unwelcomed-per-address",
         "400",
         "--join-timeout",
-        "60s",
+        "600s",
     ]);
     let mut idle = Vec::new();
     let mut refused = 0;
@@ -147,6 +156,56 @@ async fn idle_connections_with_the_token_do_not_lock_other_addresses_out() {
         .all(|raw| raw.connection.close_reason().is_none()));
 }
 
+/// Issue 14, 1: after its hello a token holder may send frames of up to 32 MiB, and could hold
+/// many incomplete ones. Large incomplete frames share a budget, in all and per address: past
+/// it a frame is refused as Busy before its body is buffered, and other addresses still upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn incomplete_large_frames_share_a_budget_per_address() {
+    let (coordinator, dir) = guarded(&["--max-buffered-bytes-per-address", "1000000"]);
+    let mut holder = Raw::greeted_from(&coordinator, loopback(2), Some(TOKEN)).await;
+    announce_900_kb(&mut holder).await.unwrap();
+    let mut second = Raw::greeted_from(&coordinator, loopback(2), Some(TOKEN)).await;
+    let _ = announce_900_kb(&mut second).await;
+    match tokio::time::timeout(LIMIT, second.reader.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(ServerMessage::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
+            assert!(e.message.contains("retry later"), "{}", e.message);
+        }
+        other => panic!("a second 900 kB frame from one address fit: {other:?}"),
+    }
+    // Another address is not affected: its 900 kB frame is read (and, being garbage, refused
+    // as undecodable rather than for load).
+    let mut other = Raw::greeted_from(&coordinator, loopback(3), Some(TOKEN)).await;
+    let mut frame = 900_000u32.to_be_bytes().to_vec();
+    frame.extend(std::iter::repeat_n(0xffu8, 900_000));
+    let _ = other.writer.get_mut().write_all(&frame).await;
+    match tokio::time::timeout(LIMIT, other.reader.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(ServerMessage::Error(e))) => assert_eq!(e.code, ErrorCode::BadFrame, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let honest = honest_session(&coordinator, dir.path(), &[("TASK_SHARDING_TOKEN", TOKEN)]);
+    tokio::task::spawn_blocking(move || assert_completed(honest))
+        .await
+        .unwrap();
+    assert!(
+        holder.connection.close_reason().is_none(),
+        "the holder was not refused"
+    );
+}
+
+/// Announces a 900 kB frame and sends the first 100 kB of it.
+async fn announce_900_kb(raw: &mut Raw) -> Result<(), quinn::WriteError> {
+    let mut bytes = 900_000u32.to_be_bytes().to_vec();
+    bytes.extend(std::iter::repeat_n(0u8, 100_000));
+    raw.writer.get_mut().write_all(&bytes).await
+}
+
 /// A welcomed client that never joins is dropped after `--join-timeout`, freeing its place.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_welcomed_client_that_does_not_join_is_dropped() {
@@ -167,7 +226,14 @@ async fn a_welcomed_client_that_does_not_join_is_dropped() {
 /// real run. One address may now hold only its share of the sessions.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_flood_from_one_address_leaves_room_for_others() {
-    let (coordinator, dir) = guarded(&["--max-sessions", "3", "--max-sessions-per-address", "2"]);
+    let (coordinator, dir) = guarded(&[
+        "--max-sessions",
+        "3",
+        "--max-sessions-per-address",
+        "2",
+        "--max-schema-bytes-per-address",
+        "100",
+    ]);
     let tiny = Schema::new("tiny", ["x"]).unwrap();
     let mut floods = Vec::new();
     for i in 0..3 {
@@ -195,6 +261,20 @@ async fn a_session_flood_from_one_address_leaves_room_for_others() {
             );
         }
         other => panic!("a third session from one address: {other:?}"),
+    }
+    // Nor may one address make the coordinator hold more than its share of schema text.
+    let mut wide = Raw::greeted_from(&coordinator, loopback(3), Some(TOKEN)).await;
+    let large = Schema::new("large", (0..20).map(|i| format!("task-number-{i}"))).unwrap();
+    match wide.join("large", &large, None).await {
+        ServerMessage::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
+            assert!(
+                e.message.contains("--max-schema-bytes-per-address"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("a schema over the address's share: {other:?}"),
     }
     let honest = honest_session(&coordinator, dir.path(), &[("TASK_SHARDING_TOKEN", TOKEN)]);
     tokio::task::spawn_blocking(move || assert_completed(honest))

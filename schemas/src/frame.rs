@@ -7,6 +7,8 @@
 
 use std::io;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use bytes::{Buf, BufMut, BytesMut};
@@ -56,6 +58,13 @@ pub enum FrameError {
         /// The protocol version, if the payload starts like a hello. A hello from another
         /// version may not decode, and this lets the receiver say why in words.
         hello_version: Option<u16>,
+    },
+    /// The frame would take a byte budget shared with other connections past its limit (see
+    /// [`FrameBudget`]): the receiver is busy, and the sender may try again later.
+    #[error("a frame of {len} bytes does not fit in what the receiver buffers now; retry later")]
+    OverBudget {
+        /// The announced length.
+        len: usize,
     },
     /// The message could not be encoded (cannot happen for this crate's messages).
     #[error("unencodable message: {0}")]
@@ -114,11 +123,55 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(payload: &[u8]) -> Option<T> {
         .map(|(value, _)| value)
 }
 
+/// Bytes that many connections' incomplete frames may hold together. A frame larger than
+/// [`RESERVE_AHEAD`] takes its length from every budget its codec was given as soon as its header
+/// arrives, and gives it back once it is complete (or the codec is dropped); a frame that does not
+/// fit is refused with [`FrameError::OverBudget`] before its body is buffered. Small frames are
+/// not counted: what they hold is bounded by the reserve ahead.
+#[derive(Debug)]
+pub struct FrameBudget {
+    /// The most bytes held at once.
+    limit: usize,
+    /// The bytes held now.
+    used: AtomicUsize,
+}
+
+impl FrameBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<FrameBudget> {
+        Arc::new(FrameBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// The bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// A length-delimited bincode codec that decodes `In` and encodes `Out`.
 #[derive(Debug)]
 pub struct MessageCodec<In, Out> {
     /// The largest frame accepted or produced.
     max_frame_len: usize,
+    /// The budgets a large incoming frame must fit in, all of them.
+    budgets: Vec<Arc<FrameBudget>>,
+    /// What the incomplete frame took from each of `budgets`.
+    taken: usize,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -127,8 +180,41 @@ impl<In, Out> MessageCodec<In, Out> {
     pub fn new(max_frame_len: usize) -> Self {
         MessageCodec {
             max_frame_len,
+            budgets: Vec::new(),
+            taken: 0,
             _types: PhantomData,
         }
+    }
+
+    /// Large incoming frames must also fit in each of `budgets` (see [`FrameBudget`]).
+    pub fn with_budgets(mut self, budgets: Vec<Arc<FrameBudget>>) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// Takes `len` from every budget, or from none.
+    fn take(&mut self, len: usize) -> bool {
+        for (i, budget) in self.budgets.iter().enumerate() {
+            if !budget.try_take(len) {
+                self.budgets[..i].iter().for_each(|b| b.give(len));
+                return false;
+            }
+        }
+        self.taken = len;
+        true
+    }
+
+    fn give_back(&mut self) {
+        let taken = std::mem::take(&mut self.taken);
+        if taken > 0 {
+            self.budgets.iter().for_each(|b| b.give(taken));
+        }
+    }
+}
+
+impl<In, Out> Drop for MessageCodec<In, Out> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -162,6 +248,9 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
             });
         }
         if src.len() < HEADER_LEN + len {
+            if len > RESERVE_AHEAD && self.taken == 0 && !self.take(len) {
+                return Err(FrameError::OverBudget { len });
+            }
             // Room for what is missing, but not more than a chunk ahead of what arrived: a
             // header alone must not make a peer's connection hold a whole frame's worth of
             // memory.
@@ -170,6 +259,7 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
         }
         src.advance(HEADER_LEN);
         let payload = src.split_to(len);
+        self.give_back();
         decode_payload(&payload).map(Some)
     }
 }
@@ -246,6 +336,48 @@ mod tests {
             .decode(&mut BytesMut::from(&header[..]))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn large_frames_share_a_budget_and_give_it_back() {
+        let shared = FrameBudget::new(3 * RESERVE_AHEAD);
+        let len = 2 * RESERVE_AHEAD;
+        let header = || BytesMut::from(&(len as u32).to_be_bytes()[..]);
+        let mut first = Codec::default().with_budgets(vec![shared.clone()]);
+        let mut buf = header();
+        assert!(first.decode(&mut buf).unwrap().is_none());
+        assert!(
+            first.decode(&mut buf).unwrap().is_none(),
+            "taken once per frame"
+        );
+        assert_eq!(shared.used(), len);
+        let mut second =
+            Codec::default().with_budgets(vec![FrameBudget::new(usize::MAX), shared.clone()]);
+        let err = second.decode(&mut header()).unwrap_err();
+        assert!(matches!(err, FrameError::OverBudget { .. }), "{err}");
+        assert_eq!(second.budgets[0].used(), 0, "all budgets or none");
+        // A dropped codec gives back what it took, and so does a frame once complete.
+        drop(first);
+        assert_eq!(shared.used(), 0);
+        let payload = encode_payload(&ClientMessage::Results(vec![])).unwrap();
+        let mut wire = BytesMut::new();
+        wire.put_u32(len as u32);
+        wire.put_slice(&payload);
+        wire.resize(HEADER_LEN + len, 0);
+        let mut third = Codec::default().with_budgets(vec![shared.clone()]);
+        let mut buf = wire.split_to(HEADER_LEN + 10);
+        assert!(third.decode(&mut buf).unwrap().is_none());
+        assert_eq!(shared.used(), len, "the incomplete frame holds its share");
+        buf.unsplit(wire);
+        // The padding makes it undecodable, which does not matter here.
+        assert!(third.decode(&mut buf).is_err());
+        assert_eq!(shared.used(), 0);
+        // Small frames are not counted.
+        let mut small = Codec::default().with_budgets(vec![FrameBudget::new(0)]);
+        assert!(small
+            .decode(&mut frame(&ClientMessage::Results(vec![])))
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub mod protocol;
 pub mod schema;
 
 pub use frame::{
-    encode_frame, FrameError, MessageCodec, DEFAULT_MAX_FRAME_LEN, PRE_HELLO_MAX_FRAME_LEN,
+    encode_frame, FrameBudget, FrameError, MessageCodec, DEFAULT_MAX_FRAME_LEN,
+    PRE_HELLO_MAX_FRAME_LEN,
 };
 pub use protocol::*;
 pub use schema::{Schema, SchemaDigest, SchemaError, Task};
