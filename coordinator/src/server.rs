@@ -166,6 +166,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
     /// clients to be told.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut refusals = Throttle::default();
         let housekeeping = tokio::spawn(housekeeping(self.hub.clone()));
         let persisting = tokio::spawn(persisting(self.hub.clone()));
         tokio::pin!(shutdown);
@@ -181,8 +182,13 @@ impl Server {
                         }
                         Err(refusal) => {
                             // Refused at the QUIC level, before any TLS work: clients retry.
-                            tracing::warn!(remote = %incoming.remote_address(),
-                                "refused a connection: {refusal}");
+                            // A flood must not become a flood of log lines: one a second.
+                            if refusals.note() {
+                                tracing::warn!(remote = %incoming.remote_address(),
+                                    suppressed = refusals.suppressed,
+                                    "refused a connection: {refusal}");
+                                refusals.suppressed = 0;
+                            }
                             incoming.refuse();
                         }
                     }
@@ -230,6 +236,31 @@ async fn persisting(hub: Arc<Hub>) {
         let hub = hub.clone();
         // The write blocks (it waits for the disk); keep it off the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || hub.persist()).await;
+    }
+}
+
+/// Lets one log line through a second, counting the others.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// When a line was last let through.
+    last: Option<Instant>,
+    /// Lines held back since.
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// Whether to log this one.
+    fn note(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return false;
+        }
+        self.last = Some(now);
+        true
     }
 }
 

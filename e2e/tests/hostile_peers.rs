@@ -7,7 +7,7 @@ mod hostile;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use e2e::{summary, wait_until, write_schema, Coordinator};
+use e2e::{summary, wait_until, write_schema, Coordinator, Job};
 use futures_util::StreamExt as _;
 use hostile::{
     assert_completed, framed, hello_as, honest_session, honest_session_running, loopback,
@@ -204,6 +204,41 @@ async fn announce_900_kb(raw: &mut Raw) -> Result<(), quinn::WriteError> {
     let mut bytes = 900_000u32.to_be_bytes().to_vec();
     bytes.extend(std::iter::repeat_n(0u8, 100_000));
     raw.writer.get_mut().write_all(&bytes).await
+}
+
+/// Issue 14, 2: a job refused for load failed at once. Now it backs off and retries for its
+/// grace period, and gets in once there is room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_refused_for_load_retries_until_there_is_room() {
+    let (coordinator, dir) = guarded(&["--max-connections-per-address", "2"]);
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        holders.push(Raw::greeted_from(&coordinator, loopback(1), Some(TOKEN)).await);
+    }
+    let schema = write_schema(dir.path(), "patient", &["a".to_string(), "b".to_string()]).unwrap();
+    let mut command = coordinator.run_command("run-1", "patient", &schema, &["true"]);
+    command.env("TASK_SHARDING_TOKEN", TOKEN);
+    let job = Job::spawn("patient", command).unwrap();
+    wait_until("the job is refused", LIMIT, || {
+        coordinator
+            .log()
+            .contains("refused a connection: at the limit of 2 connections from one address")
+    })
+    .unwrap();
+    for holder in &holders {
+        holder.connection.close(0u32.into(), b"making room");
+    }
+    let output = tokio::task::spawn_blocking(move || job.wait(LIMIT).unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(summary(&stdout).contains("2 passed"), "{stdout}");
 }
 
 /// A welcomed client that never joins is dropped after `--join-timeout`, freeing its place.
