@@ -7,10 +7,11 @@ use std::time::Duration;
 use bytes::{BufMut as _, BytesMut};
 use e2e::{summary, write_schema, Coordinator};
 use futures_util::StreamExt as _;
-use hostile::{assert_completed, framed, hello, honest_session, raw_connect, Raw, LIMIT};
+use hostile::{
+    all_passed, assert_completed, framed, hello, honest_session, outputs, raw_connect, Raw, LIMIT,
+};
 use schemas::{
-    ClientMessage, ErrorCode, MessageCodec, Outcome, Schema, ServerMessage, TaskReport, TaskResult,
-    WorkRequest, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, MessageCodec, Schema, ServerMessage, WorkRequest, PROTOCOL_VERSION,
 };
 use tokio_util::codec::FramedRead;
 
@@ -243,18 +244,7 @@ async fn messages_replayed_from_another_session_are_refused() {
         matches!(assigned, ServerMessage::Assignment(_)),
         "{assigned:?}"
     );
-    let passed = TaskResult {
-        outcome: Outcome::Passed,
-        exit_code: Some(0),
-        duration_ms: 1,
-        executed: true,
-    };
-    let results: Vec<TaskReport> = (0..9)
-        .map(|task| TaskReport {
-            task,
-            result: passed.clone(),
-        })
-        .collect();
+    let results = all_passed(0..9);
     own.send(ClientMessage::Results(results.clone())).await;
 
     // Its ticket does not make it a member of the honest session...
@@ -278,14 +268,7 @@ async fn messages_replayed_from_another_session_are_refused() {
     assert!(matches!(joined, ServerMessage::Joined(_)), "{joined:?}");
     replayer.send(ClientMessage::Results(results)).await;
 
-    let outputs: Vec<_> = tokio::task::spawn_blocking(move || {
-        honest
-            .into_iter()
-            .map(|j| j.wait(LIMIT).unwrap())
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let outputs = outputs(honest).await;
     for output in &outputs {
         let text = summary(&String::from_utf8_lossy(&output.stdout));
         assert_eq!(output.status.code(), Some(0), "{text}");

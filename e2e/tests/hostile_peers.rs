@@ -10,13 +10,10 @@ use std::os::unix::fs::PermissionsExt as _;
 use e2e::{summary, wait_until, write_schema, Coordinator, Job};
 use futures_util::StreamExt as _;
 use hostile::{
-    assert_completed, framed, hello_as, honest_session, honest_session_running, loopback,
-    memory_mib, ran_by, Raw, LIMIT,
+    all_passed, assert_busy, assert_completed, framed, hello_as, honest_session,
+    honest_session_running, loopback, memory_mib, outputs, ran_by, Raw, LIMIT,
 };
-use schemas::{
-    ClientMessage, ErrorCode, Outcome, Schema, ServerMessage, TaskReport, TaskResult, WorkRequest,
-    PROTOCOL_VERSION,
-};
+use schemas::{ClientMessage, ErrorCode, Schema, ServerMessage, WorkRequest, PROTOCOL_VERSION};
 
 const TOKEN: &str = "open-sesame";
 
@@ -286,31 +283,14 @@ async fn a_session_flood_from_one_address_leaves_room_for_others() {
         "{:?}",
         floods[1].1
     );
-    match &floods[2].1 {
-        ServerMessage::Error(e) => {
-            assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
-            assert!(
-                e.message.contains("--max-sessions-per-address"),
-                "{}",
-                e.message
-            );
-        }
-        other => panic!("a third session from one address: {other:?}"),
-    }
+    assert_busy(&floods[2].1, "--max-sessions-per-address");
     // Nor may one address make the coordinator hold more than its share of schema text.
     let mut wide = Raw::greeted_from(&coordinator, loopback(3), Some(TOKEN)).await;
     let large = Schema::new("large", (0..20).map(|i| format!("task-number-{i}"))).unwrap();
-    match wide.join("large", &large, None).await {
-        ServerMessage::Error(e) => {
-            assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
-            assert!(
-                e.message.contains("--max-schema-bytes-per-address"),
-                "{}",
-                e.message
-            );
-        }
-        other => panic!("a schema over the address's share: {other:?}"),
-    }
+    assert_busy(
+        &wide.join("large", &large, None).await,
+        "--max-schema-bytes-per-address",
+    );
     let honest = honest_session(&coordinator, dir.path(), &[("TASK_SHARDING_TOKEN", TOKEN)]);
     tokio::task::spawn_blocking(move || assert_completed(honest))
         .await
@@ -357,29 +337,10 @@ async fn a_token_holder_without_the_run_secret_cannot_forge_a_verdict() {
     let ServerMessage::Assignment(assignment) = assigned else {
         panic!("{assigned:?}")
     };
-    let forged: Vec<TaskReport> = assignment
-        .tasks
-        .iter()
-        .map(|&task| TaskReport {
-            task,
-            result: TaskResult {
-                outcome: Outcome::Passed,
-                exit_code: Some(0),
-                duration_ms: 1,
-                executed: true,
-            },
-        })
-        .collect();
+    let forged = all_passed(assignment.tasks);
     intruder.send(ClientMessage::Results(forged)).await;
 
-    let outputs: Vec<_> = tokio::task::spawn_blocking(move || {
-        honest
-            .into_iter()
-            .map(|j| j.wait(LIMIT).unwrap())
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let outputs = outputs(honest).await;
     for output in &outputs {
         let text = summary(&String::from_utf8_lossy(&output.stdout));
         assert_eq!(output.status.code(), Some(1), "{text}");
@@ -449,14 +410,7 @@ async fn escapes_and_huge_ids_reach_neither_the_log_nor_a_terminal() {
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("control characters"), "{stderr}");
 
-    let outputs: Vec<_> = tokio::task::spawn_blocking(move || {
-        honest
-            .into_iter()
-            .map(|j| j.wait(LIMIT).unwrap())
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let outputs = outputs(honest).await;
     for output in &outputs {
         assert_eq!(output.status.code(), Some(0));
         assert!(

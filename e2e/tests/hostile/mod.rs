@@ -104,6 +104,44 @@ pub fn honest_session_running(
         .collect()
 }
 
+/// Waits for every job (off the async runtime's workers), for its output.
+pub async fn outputs(jobs: Vec<Job>) -> Vec<std::process::Output> {
+    tokio::task::spawn_blocking(move || {
+        jobs.into_iter()
+            .map(|j| j.wait(LIMIT).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap()
+}
+
+/// Reports of `tasks`, all PASSED: what a forger sends.
+pub fn all_passed(tasks: impl IntoIterator<Item = schemas::TaskId>) -> Vec<schemas::TaskReport> {
+    tasks
+        .into_iter()
+        .map(|task| schemas::TaskReport {
+            task,
+            result: schemas::TaskResult {
+                outcome: schemas::Outcome::Passed,
+                exit_code: Some(0),
+                duration_ms: 1,
+                executed: true,
+            },
+        })
+        .collect()
+}
+
+/// Asserts that `answer` is a `Busy` refusal naming `flag`.
+pub fn assert_busy(answer: &ServerMessage, flag: &str) {
+    match answer {
+        ServerMessage::Error(e) => {
+            assert_eq!(e.code, schemas::ErrorCode::Busy, "{e:?}");
+            assert!(e.message.contains(flag), "{}", e.message);
+        }
+        other => panic!("expected a Busy refusal naming {flag}, got {other:?}"),
+    }
+}
+
 /// Waits for every job; each must exit 0 with all nine tasks passed.
 pub fn assert_completed(jobs: Vec<Job>) {
     let outputs: Vec<_> = jobs.into_iter().map(|j| j.wait(LIMIT).unwrap()).collect();
