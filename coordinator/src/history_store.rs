@@ -1,15 +1,13 @@
 //! The durable timing history: a redb file under the coordinator's state directory, so that
-//! history survives restarts. Recorded durations are buffered in memory and written in one
-//! transaction per [`History::flush`].
+//! history survives restarts. It is read whole before the coordinator starts, and the state
+//! machine's changes are written in one transaction now and then, outside its lock.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use redb::{Database, ReadableDatabase as _, TableDefinition};
-use schemas::Task;
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use crate::state::history::{blend, History};
+use crate::state::history::{Estimates, HistoryChanges};
 
 /// Estimates in milliseconds by `scope \0 task`.
 const ESTIMATES: TableDefinition<&str, u64> = TableDefinition::new("estimates_v1");
@@ -18,15 +16,11 @@ const ESTIMATES: TableDefinition<&str, u64> = TableDefinition::new("estimates_v1
 pub struct HistoryStore {
     /// The database.
     db: Database,
-    /// Recorded but not yet written: the blended estimate by key.
-    pending: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for HistoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HistoryStore")
-            .field("pending", &self.pending.len())
-            .finish()
+        f.debug_struct("HistoryStore").finish_non_exhaustive()
     }
 }
 
@@ -58,74 +52,57 @@ impl HistoryStore {
     /// Opens (or creates) the history file.
     pub fn open(path: &Path) -> Result<HistoryStore> {
         let db = open_database(path, "the timing history")?;
-        Ok(HistoryStore {
-            db,
-            pending: HashMap::new(),
-        })
+        Ok(HistoryStore { db })
     }
 
-    fn stored(&self, keys: &[String]) -> Result<Vec<Option<u64>>, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(ESTIMATES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
-            Err(e) => return Err(e.into()),
+    /// Every stored estimate: what the state machine starts from. Read once, before the
+    /// coordinator serves anyone.
+    pub fn load(&self) -> Result<Estimates> {
+        let read = || -> Result<Vec<(String, String, u64)>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = match txn.open_table(ESTIMATES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut rows = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                if let Some((scope, task)) = key.value().split_once('\0') {
+                    rows.push((scope.to_string(), task.to_string(), value.value()));
+                }
+            }
+            Ok(rows)
         };
-        keys.iter()
-            .map(|k| Ok(table.get(k.as_str())?.map(|v| v.value())))
-            .collect()
-    }
-}
-
-impl History for HistoryStore {
-    fn lookup(&self, scope: &str, tasks: &[Task]) -> Vec<Option<u64>> {
-        let keys: Vec<String> = tasks.iter().map(|t| key(scope, &t.task)).collect();
-        let stored = self.stored(&keys).unwrap_or_else(|e| {
-            tracing::warn!("cannot read the timing history: {e}");
-            vec![None; keys.len()]
-        });
-        keys.iter()
-            .zip(stored)
-            .map(|(k, stored)| self.pending.get(k).copied().or(stored))
-            .collect()
+        let rows = read().context("cannot read the timing history")?;
+        Ok(Estimates::from_stored(rows))
     }
 
-    fn record(&mut self, scope: &str, task: &str, duration_ms: u64) {
-        let key = key(scope, task);
-        let previous = match self.pending.get(&key) {
-            Some(&pending) => Some(pending),
-            None => self
-                .stored(std::slice::from_ref(&key))
-                .ok()
-                .and_then(|v| v[0]),
-        };
-        self.pending.insert(key, blend(previous, duration_ms));
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        if self.pending.is_empty() {
+    /// Writes changed estimates in one transaction. Called by the server outside the state's
+    /// lock, a few times a second and at shutdown.
+    pub fn write(&self, changes: &HistoryChanges) -> Result<()> {
+        if changes.is_empty() {
             return Ok(());
         }
         let write = || -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             {
                 let mut table = txn.open_table(ESTIMATES)?;
-                for (key, estimate) in &self.pending {
-                    table.insert(key.as_str(), *estimate)?;
+                for (scope, task, estimate) in changes {
+                    table.insert(key(scope, task).as_str(), *estimate)?;
                 }
             }
             txn.commit()?;
             Ok(())
         };
-        write().map_err(|e| e.to_string())?;
-        self.pending.clear();
-        Ok(())
+        write().context("cannot write the timing history")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::Task;
 
     #[test]
     fn history_survives_reopening() {
@@ -133,18 +110,17 @@ mod tests {
         let path = dir.path().join("history.redb");
         let tasks = [Task::new("a"), Task::new("b")];
         {
-            let mut store = HistoryStore::open(&path).unwrap();
-            assert_eq!(store.lookup("s", &tasks), [None, None]);
-            store.record("s", "a", 100);
-            // Visible before it is flushed...
-            assert_eq!(store.lookup("s", &tasks), [Some(100), None]);
-            store.flush().unwrap();
-            store.record("s", "a", 300);
-            store.flush().unwrap();
+            let store = HistoryStore::open(&path).unwrap();
+            let mut estimates = store.load().unwrap();
+            assert_eq!(estimates.lookup("s", &tasks), [None, None]);
+            estimates.record("s", "a", 100);
+            store.write(&estimates.take_changes()).unwrap();
+            estimates.record("s", "a", 300);
+            store.write(&estimates.take_changes()).unwrap();
         }
-        // ...and after a restart, blended, and only in its own scope.
-        let store = HistoryStore::open(&path).unwrap();
-        assert_eq!(store.lookup("s", &tasks), [Some(200), None]);
-        assert_eq!(store.lookup("other", &tasks), [None, None]);
+        // After a restart: blended, and only in its own scope.
+        let estimates = HistoryStore::open(&path).unwrap().load().unwrap();
+        assert_eq!(estimates.lookup("s", &tasks), [Some(200), None]);
+        assert_eq!(estimates.lookup("other", &tasks), [None, None]);
     }
 }

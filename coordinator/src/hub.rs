@@ -14,6 +14,7 @@ use bytes::Bytes;
 use schemas::{ClientMessage, ErrorCode, ErrorMessage, FrameError, ServerMessage};
 use tokio::sync::mpsc;
 
+use crate::history_store::HistoryStore;
 use crate::session_store::SessionStore;
 use crate::state::{Action, ConnId, Coordinator};
 
@@ -51,6 +52,8 @@ pub(crate) struct Hub {
     /// Where sessions are stored, if anywhere: written outside the state's lock, one journal at
     /// a time and in the order they were taken (the lock).
     store: Option<Mutex<SessionStore>>,
+    /// Where timing history is stored, if anywhere: written the same way.
+    history_store: Option<Mutex<HistoryStore>>,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,7 @@ impl Hub {
     pub(crate) fn new(
         state: Coordinator,
         store: Option<SessionStore>,
+        history_store: Option<HistoryStore>,
         max_frame_len: usize,
         shares: SessionShares,
     ) -> Self {
@@ -117,6 +121,7 @@ impl Hub {
                 shares,
             }),
             store: store.map(Mutex::new),
+            history_store: history_store.map(Mutex::new),
         }
     }
 
@@ -192,14 +197,25 @@ impl Hub {
         if forgot {
             release_freed_memory();
         }
-        if let Err(e) = inner.state.history_mut().flush() {
-            tracing::warn!("cannot write the timing history: {e}");
+        if self.history_store.is_none() {
+            // Nothing writes them: the estimates stay in memory only.
+            inner.state.take_history_changes();
         }
     }
 
     /// Writes what changed in the sessions since the last time to the store. The state is
     /// locked only to collect the changes, not while they are written.
     pub(crate) fn persist(&self) {
+        if let Some(store) = &self.history_store {
+            let store = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let changes = self.lock().state.take_history_changes();
+            if let Err(e) = store.write(&changes) {
+                // Lost from the store, not from memory: the next run starts from older estimates.
+                tracing::warn!(estimates = changes.len(), "{e:#}");
+            }
+        }
         let Some(store) = &self.store else { return };
         let store = store
             .lock()

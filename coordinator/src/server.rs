@@ -113,9 +113,13 @@ impl Server {
             // limit per connection. Enough for a schema upload at full speed on a CI network.
             .stream_receive_window(RECEIVE_WINDOW.into())
             .receive_window(RECEIVE_WINDOW.into());
-        let history: Box<dyn crate::state::history::History> = match &config.history_path {
-            Some(path) => Box::new(crate::history_store::HistoryStore::open(path)?),
-            None => Box::new(crate::state::history::MemoryHistory::default()),
+        let history_store = match &config.history_path {
+            Some(path) => Some(crate::history_store::HistoryStore::open(path)?),
+            None => None,
+        };
+        let history = match &history_store {
+            Some(store) => store.load()?,
+            None => Default::default(),
         };
         let (state, store) = match &config.sessions_path {
             Some(path) => {
@@ -140,7 +144,13 @@ impl Server {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(state, store, config.max_frame_len, config.shares)),
+            hub: Arc::new(Hub::new(
+                state,
+                store,
+                history_store,
+                config.max_frame_len,
+                config.shares,
+            )),
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),

@@ -21,7 +21,7 @@ use schemas::{
 };
 use subtle::ConstantTimeEq;
 
-use history::{History, MemoryHistory};
+use history::{Estimates, HistoryChanges};
 use persist::{Journal, MemberIdx, Snapshot};
 use scheduler::{Batching, Order};
 use session::{Scheduling, Session, UnknownTask};
@@ -72,6 +72,9 @@ pub struct Policy {
     /// After a restart, how long a member keeps its leases waiting for it to come back before
     /// they go to others.
     pub resume_grace: Duration,
+    /// Seeds the generator of tickets, so that tests are deterministic; `None` seeds it from the
+    /// operating system (what a real coordinator does: tickets must not be guessable).
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for Policy {
@@ -85,6 +88,7 @@ impl Default for Policy {
             batching: Batching::Guided,
             backups: true,
             resume_grace: Duration::from_secs(30),
+            rng_seed: None,
         }
     }
 }
@@ -129,8 +133,8 @@ pub struct Coordinator {
     /// Keys whose session is about to be created: one client was asked for the schema, and
     /// the others joining meanwhile wait here rather than all being asked to upload it too.
     pending: HashMap<String, PendingSession>,
-    /// How long tasks took before.
-    history: Box<dyn History>,
+    /// How long tasks took before: every estimate, in memory (see [`history`]).
+    history: Estimates,
     /// Keys of sessions forgotten since the last journal, whose stored rows must go. Kept only
     /// once something takes journals (see `journaled`).
     forgotten: Vec<String>,
@@ -156,13 +160,18 @@ struct PendingSession {
 }
 
 impl Coordinator {
-    /// A coordinator with no sessions and history kept in memory.
+    /// A coordinator with no sessions and no timing history.
     pub fn new(policy: Policy) -> Self {
-        Self::with_history(policy, Box::new(MemoryHistory::default()))
+        Self::with_history(policy, Estimates::default())
     }
 
-    /// A coordinator with no sessions, reading and writing timing history in `history`.
-    pub fn with_history(policy: Policy, history: Box<dyn History>) -> Self {
+    /// A coordinator with no sessions, starting from the timing history `history` (what the
+    /// store holds); what it learns is in [`Coordinator::take_history_changes`].
+    pub fn with_history(policy: Policy, history: Estimates) -> Self {
+        let rng = match policy.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
         Coordinator {
             policy,
             clients: HashMap::new(),
@@ -172,18 +181,13 @@ impl Coordinator {
             forgotten: Vec::new(),
             journaled: false,
             frozen: false,
-            rng: StdRng::from_entropy(),
+            rng,
         }
     }
 
     /// A coordinator resuming the sessions of `snapshot` (what a previous run stored), with every
     /// member away until it comes back.
-    pub fn restore(
-        policy: Policy,
-        history: Box<dyn History>,
-        snapshot: Snapshot,
-        now: Instant,
-    ) -> Self {
+    pub fn restore(policy: Policy, history: Estimates, snapshot: Snapshot, now: Instant) -> Self {
         let mut coordinator = Self::with_history(policy, history);
         coordinator.journaled = true;
         for stored in snapshot.sessions {
@@ -245,9 +249,14 @@ impl Coordinator {
         }
     }
 
-    /// The timing history, e.g. to persist what was recorded.
-    pub fn history_mut(&mut self) -> &mut dyn History {
-        self.history.as_mut()
+    /// The timing history learnt since the last call, for the store.
+    pub fn take_history_changes(&mut self) -> HistoryChanges {
+        self.history.take_changes()
+    }
+
+    /// The timing history, e.g. to seed it in tests.
+    pub fn history_mut(&mut self) -> &mut Estimates {
+        &mut self.history
     }
 
     /// A connection opened.
@@ -290,7 +299,7 @@ impl Coordinator {
                 .and_then(|(key, idx)| Some((self.sessions.get_mut(key)?, *idx)))
             {
                 Some((session, idx)) => {
-                    match session.report(idx, reports, self.history.as_mut(), now) {
+                    match session.report(idx, reports, &mut self.history, now) {
                         Ok(actions) => actions,
                         Err(UnknownTask(task)) => refuse(
                             conn,

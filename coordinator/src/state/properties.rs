@@ -102,6 +102,8 @@ struct Model {
     durable: BTreeMap<(String, TaskId), TaskRecord>,
     /// Connections dead to their client that the coordinator has not noticed yet, and since when.
     unnoticed: Vec<(ConnId, Instant)>,
+    /// How many times the coordinator restarted: seeds each run's tickets.
+    runs: u64,
 }
 
 /// How long the coordinator takes to notice a connection that went silent.
@@ -118,13 +120,27 @@ impl Slot {
     }
 }
 
+/// The coordinator's rules, with tickets drawn from a fixed seed per coordinator run (each
+/// restart its own, as a real coordinator draws from the system each time): a failing case
+/// replays exactly.
+fn policy_for_run(run: u64) -> Policy {
+    Policy {
+        rng_seed: Some(run),
+        ..Policy::default()
+    }
+}
+
+fn policy() -> Policy {
+    policy_for_run(0)
+}
+
 fn client_id(slot: u8) -> String {
     format!("client-{slot}")
 }
 
 impl Model {
     fn new(history: &[(usize, u64)]) -> Model {
-        let mut coordinator = Coordinator::new(Policy::default());
+        let mut coordinator = Coordinator::new(policy());
         for &(task, ms) in history {
             coordinator
                 .history_mut()
@@ -144,6 +160,7 @@ impl Model {
             reports: BTreeMap::new(),
             durable: BTreeMap::new(),
             unnoticed: Vec::new(),
+            runs: 0,
         }
     }
 
@@ -419,9 +436,10 @@ impl Model {
                     self.coordinator.freeze();
                     self.flush();
                 }
+                self.runs += 1;
                 self.coordinator = Coordinator::restore(
-                    Policy::default(),
-                    Box::new(MemoryHistory::default()),
+                    policy_for_run(self.runs),
+                    Estimates::default(),
                     self.store.snapshot(),
                     self.now,
                 );
@@ -530,9 +548,7 @@ impl Model {
         for index in 0..CLIENTS {
             self.run(&Step::Kill(index));
         }
-        self.run(&Step::Wait(
-            Policy::default().resume_grace.as_millis() as u64
-        ));
+        self.run(&Step::Wait(policy().resume_grace.as_millis() as u64));
         for session in 0..SESSIONS.len() {
             self.run(&Step::Join(0, session));
             for _ in 0..TASKS * 4 {

@@ -9,7 +9,7 @@ use schemas::{
     TaskRecord, TaskReport, Ticket,
 };
 
-use super::history::History;
+use super::history::Estimates;
 use super::persist::{
     Journal, MemberIdx, MemberRow, SessionRow, SlotRow, SlotState, StoredSession,
 };
@@ -532,7 +532,7 @@ impl Session {
         &mut self,
         idx: MemberIdx,
         reports: Vec<TaskReport>,
-        history: &mut dyn History,
+        history: &mut Estimates,
         now: Instant,
     ) -> Result<Vec<Action>, UnknownTask> {
         if let Some(bad) = reports.iter().find(|r| r.task as usize >= self.slots.len()) {

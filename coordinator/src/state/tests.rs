@@ -780,12 +780,8 @@ impl World {
     fn restart(&mut self, policy: Policy) {
         let mut store = persist::MemoryStore::default();
         store.apply(&self.coordinator.journal());
-        self.coordinator = Coordinator::restore(
-            policy,
-            Box::new(MemoryHistory::default()),
-            store.snapshot(),
-            self.now,
-        );
+        self.coordinator =
+            Coordinator::restore(policy, Estimates::default(), store.snapshot(), self.now);
     }
 }
 
@@ -955,7 +951,7 @@ fn a_client_back_after_a_crash_claims_the_task_whose_lease_was_not_stored() {
     let mine = assignment(&world.request(1, 1), 1).unwrap();
     world.coordinator = Coordinator::restore(
         Policy::default(),
-        Box::new(MemoryHistory::default()),
+        Estimates::default(),
         store.snapshot(),
         world.now,
     );
