@@ -238,6 +238,57 @@ async fn a_job_refused_for_load_retries_until_there_is_room() {
     assert!(summary(&stdout).contains("2 passed"), "{stdout}");
 }
 
+/// Regression: a join refused for load (the coordinator at `--max-sessions`) ended the job at
+/// once, though a refused connection was retried. The join is now retried the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_join_is_refused_for_load_retries_until_there_is_room() {
+    let (coordinator, dir) = guarded(&["--max-sessions", "1", "--session-ttl", "1s"]);
+    let mut holder = Raw::greeted_from(&coordinator, loopback(4), Some(TOKEN)).await;
+    let tiny = Schema::new("tiny", ["x"]).unwrap();
+    assert!(matches!(
+        holder.join("occupied", &tiny, None).await,
+        ServerMessage::Joined(_)
+    ));
+    let schema = write_schema(dir.path(), "waiting", &["a".to_string(), "b".to_string()]).unwrap();
+    let mut command = coordinator.run_command("run-1", "waiting", &schema, &["true"]);
+    command.env("TASK_SHARDING_TOKEN", TOKEN);
+    let job = Job::spawn("waiting", command).unwrap();
+    wait_until("the job's join is refused", LIMIT, || {
+        coordinator
+            .log()
+            .contains("refused a new session: the coordinator holds its maximum of sessions")
+    })
+    .unwrap();
+    // The occupying session completes; once forgotten there is room.
+    let assignment = holder
+        .ask(ClientMessage::Request(WorkRequest {
+            max_tasks: 1,
+            overhead_ms: 0,
+        }))
+        .await;
+    assert!(
+        matches!(assignment, ServerMessage::Assignment(_)),
+        "{assignment:?}"
+    );
+    let complete = holder.ask(ClientMessage::Results(all_passed([0]))).await;
+    assert!(
+        matches!(complete, ServerMessage::Complete(_)),
+        "{complete:?}"
+    );
+    holder.connection.close(0u32.into(), b"done");
+    let output = tokio::task::spawn_blocking(move || job.wait(LIMIT).unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(summary(&stdout).contains("2 passed"), "{stdout}");
+}
+
 /// A welcomed client that never joins is dropped after `--join-timeout`, freeing its place.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_welcomed_client_that_does_not_join_is_dropped() {

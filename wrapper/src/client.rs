@@ -19,7 +19,7 @@ use schemas::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{unexpected, ClientError, ConnectOptions, Connection};
+use crate::connection::{is_busy, unexpected, ClientError, ConnectOptions, Connection};
 use crate::runner::{AssignedTask, TaskRunner};
 
 /// What a session run reports as it goes, for progress lines.
@@ -102,7 +102,24 @@ pub async fn run_session<R: TaskRunner>(
         interrupt: options.interrupt.clone(),
     });
     let mut connection = connection;
-    let joined = joining.join(&mut connection, None, &[]).await?;
+    // A coordinator at its session limit (or budgets) refuses the join for load: try again,
+    // on a new connection, for as long as connecting would be retried.
+    let busy_until = tokio::time::Instant::now() + connect.busy_retry_for;
+    let mut delay = Duration::from_millis(100);
+    let joined = loop {
+        match joining.join(&mut connection, None, &[]).await {
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() + delay < busy_until => {
+                tracing::info!("{e}; joining again in {delay:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = options.interrupt.cancelled() => return Err(ClientError::Interrupted),
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+                connection = Connection::connect(connect).await?.0;
+            }
+            other => break other?,
+        }
+    };
     let mut link = Link {
         connection: Some(connection),
         connect,
@@ -378,8 +395,10 @@ impl Joining {
                     delay = Duration::ZERO;
                     "the session did not know this client any more".to_string()
                 }
-                // Refusals (a wrong token, another version) and interruptions do not change by
-                // retrying. Anything else might: even a CA file that cannot be read right now.
+                // A refusal for load passes; other refusals (a wrong token, another version)
+                // and interruptions do not change by retrying. Anything else might: even a CA
+                // file that cannot be read right now.
+                Err(e) if is_busy(&e) => e.to_string(),
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(ClientError::Interrupted) => return Err(ClientError::Interrupted),
                 Err(e) => e.to_string(),

@@ -552,6 +552,10 @@ impl Coordinator {
                 };
             }
             (None, Some(_)) if self.sessions.len() >= self.policy.max_sessions => {
+                tracing::warn!(
+                    max_sessions = self.policy.max_sessions,
+                    "refused a new session: the coordinator holds its maximum of sessions"
+                );
                 return refuse(
                     conn,
                     ErrorCode::Busy,
