@@ -1,0 +1,270 @@
+//! One session: the tasks of one schema, who holds which, and what has finished.
+//!
+//! The state is one struct, [`Session`]; its methods are grouped by job, one module each:
+//! [`membership`] (joining, coming back with a ticket, leaving, leases going back),
+//! [`dispatch`] (requests, batches, backup copies), [`results`] (which reports count, the final
+//! report), [`estimates`] (expected durations and queued work) and [`store`] (restoring from
+//! stored rows, the journal of changes). Every rule about a lease lives in one of them; the
+//! fields are private to this module and its children.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schemas::{
+    Assignment, Joined, Progress, Schema, SchemaDigest, ServerMessage, SessionReport, TaskId,
+    TaskRecord, TaskReport, Ticket,
+};
+
+use super::history::Estimates;
+use super::persist::{
+    Journal, MemberIdx, MemberRow, SessionRow, SlotRow, SlotState, StoredSession,
+};
+use super::scheduler::{self, Batching, Order};
+use super::{Action, ConnId};
+
+#[cfg(test)]
+mod checks;
+mod dispatch;
+mod estimates;
+mod membership;
+mod results;
+mod store;
+
+/// How a session schedules, from the coordinator's policy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scheduling {
+    /// Queue order.
+    pub(crate) order: Order,
+    /// Batch sizing.
+    pub(crate) batching: Batching,
+    /// Whether idle clients get backup copies of long tasks still running elsewhere.
+    pub(crate) backups: bool,
+    /// The most tasks in one assignment.
+    pub(crate) max_batch: u32,
+}
+
+/// Where one task stands.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Waiting in the queue for a client.
+    Queued,
+    /// Handed to a client, which has not reported it yet.
+    Leased {
+        /// The member holding the lease.
+        holder: MemberIdx,
+        /// When it was handed out.
+        since: Instant,
+        /// A second member running a backup copy; the first result wins.
+        backup: Option<MemberIdx>,
+    },
+    /// Finished; the result is final.
+    Done(TaskRecord),
+}
+
+/// A client in the session, connected or not: a member that lost its connection may come back
+/// with its ticket.
+#[derive(Debug)]
+struct Member {
+    /// The client's chosen name, recorded next to the results it produces.
+    client_id: String,
+    /// What it presents to come back.
+    ticket: Ticket,
+    /// Its connection; `None` while it is away.
+    conn: Option<ConnId>,
+    /// For a member restored away after a restart, still holding its leases: since when they
+    /// wait for it. `None` once it is back or they were released, and for a member that left
+    /// (its leases went back when it did).
+    holding_since: Option<Instant>,
+    /// `Some(request)` while the client has asked for work and not been given any.
+    waiting: Option<Waiting>,
+    /// The tasks of its last assignment it has not reported yet (a backup copy is only made of a
+    /// task that is a batch on its own, so aborting it stops nothing else).
+    running: Vec<TaskId>,
+}
+
+/// A pending request for work.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// The most tasks it takes at once.
+    limit: u32,
+    /// Its per-batch overhead, in milliseconds.
+    overhead_ms: u64,
+}
+
+/// What [`Session::report`] refuses.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct UnknownTask(pub(crate) TaskId);
+
+/// A named schema's tasks, shared by every client that joined under one session key.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The key clients joined under.
+    key: String,
+    /// The tasks, for names in logs and history.
+    schema: Arc<Schema>,
+    /// The schema's digest, which every later join must match.
+    digest: SchemaDigest,
+    /// Where the tasks' timing history is filed.
+    history_scope: String,
+    /// How to schedule.
+    scheduling: Scheduling,
+    /// Each task's duration from its history, in milliseconds; `None` where unknown.
+    known: Vec<Option<u64>>,
+    /// What an unknown task is expected to take before anything ran: the median of the known
+    /// ones, else a default.
+    initial_stand_in: u64,
+    /// Sum and count of the durations executed in this session; their mean is what an unknown
+    /// task is expected to take once there is one.
+    observed: (u64, u64),
+    /// The longest duration known from history or executed in this session so far.
+    longest_seen: u64,
+    /// One slot per task, indexed by task id. A result counts only from the member holding a
+    /// task's lease or its backup copy: one whose lease went back (it left, or came back not
+    /// knowing of the task) may never have received it, so what it says of it is not evidence.
+    slots: Vec<Slot>,
+    /// Queued task ids, next first. Returned leases go to the front: they were started first.
+    queue: VecDeque<TaskId>,
+    /// The known work in `queue`, in milliseconds, and how many queued tasks are unknown.
+    queued: (u64, u64),
+    /// Every client that joined, connected or away. A `BTreeMap` so that iteration order, and
+    /// so every decision, is deterministic.
+    members: BTreeMap<MemberIdx, Member>,
+    /// Members by ticket.
+    tickets: HashMap<Ticket, MemberIdx>,
+    /// How many members are connected.
+    connected: usize,
+    /// Members waiting for work, in the order they asked.
+    waiting: VecDeque<MemberIdx>,
+    /// Tasks without a final result.
+    remaining: usize,
+    /// When the last result arrived; `None` while tasks remain.
+    completed_at: Option<Instant>,
+    /// The final report, built once when the session completes and shared by every `Complete`.
+    report: Option<Arc<ServerMessage>>,
+    /// When the last member left (for forgetting abandoned sessions); `None` while any is here.
+    empty_since: Option<Instant>,
+    /// After a restart: until when queued tasks are held back while members are still away.
+    /// A coordinator killed outright may not have stored the leases it handed out last; the
+    /// clients running those tasks claim them back when they return (see [`Session::resume`]),
+    /// and must not find them handed to someone else first.
+    settling_until: Option<Instant>,
+    /// What changed since the last [`Session::journal`]: whether the session is new, and which
+    /// members and tasks.
+    dirty: Dirty,
+}
+
+/// What of a session must be written to the store.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// The session is new: its key's old rows go, its own row is written.
+    fresh: bool,
+    /// Members to write.
+    members: Vec<MemberIdx>,
+    /// Tasks to write, each once (see `flags`).
+    tasks: Vec<TaskId>,
+    /// Which tasks are in `tasks`.
+    flags: Vec<bool>,
+}
+
+impl Session {
+    /// A new session whose tasks are queued in the policy's order, using `known` durations.
+    pub(crate) fn new(
+        key: String,
+        schema: Schema,
+        digest: SchemaDigest,
+        history_scope: String,
+        known: &[Option<u64>],
+        scheduling: Scheduling,
+        now: Instant,
+    ) -> Self {
+        let count = schema.tasks.len();
+        let (estimates, known_count) = scheduler::fill_estimates(known, DEFAULT_ESTIMATE_MS);
+        let queue = scheduler::initial_queue(&estimates, scheduling.order);
+        let initial_stand_in = match known.iter().position(Option::is_none) {
+            Some(unknown) => estimates[unknown],
+            None => DEFAULT_ESTIMATE_MS,
+        };
+        tracing::info!(session = %key, tasks = count, with_history = known_count, "scheduling");
+        let mut session = Session {
+            key,
+            schema: Arc::new(schema),
+            digest,
+            history_scope,
+            scheduling,
+            queued: (
+                known.iter().flatten().sum(),
+                known.iter().filter(|k| k.is_none()).count() as u64,
+            ),
+            known: known.to_vec(),
+            initial_stand_in,
+            observed: (0, 0),
+            longest_seen: known.iter().flatten().copied().max().unwrap_or(0),
+            slots: vec![Slot::Queued; count],
+            queue,
+            members: BTreeMap::new(),
+            tickets: HashMap::new(),
+            connected: 0,
+            waiting: VecDeque::new(),
+            remaining: count,
+            completed_at: None,
+            report: None,
+            empty_since: Some(now),
+            settling_until: None,
+            dirty: Dirty {
+                fresh: true,
+                flags: vec![false; count],
+                ..Dirty::default()
+            },
+        };
+        if count == 0 {
+            session.complete(now);
+        }
+        session
+    }
+
+    /// The schema's digest.
+    pub(crate) fn digest(&self) -> SchemaDigest {
+        self.digest
+    }
+
+    /// The schema.
+    pub(crate) fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Whether every task has a result.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.completed_at.is_some()
+    }
+
+    /// Whether this session may be forgotten at `now`: complete, or without members, for at
+    /// least `ttl`.
+    pub(crate) fn is_expired(&self, now: Instant, ttl: std::time::Duration) -> bool {
+        let since = match (self.completed_at, self.empty_since) {
+            // A completed session still in use stays until its last client leaves and the ttl
+            // has passed since the later of the two.
+            (Some(done), Some(empty)) => done.max(empty),
+            (Some(_), None) | (None, None) => return false,
+            (None, Some(empty)) => empty,
+        };
+        now.saturating_duration_since(since) >= ttl
+    }
+
+    /// A member's name.
+    pub(crate) fn client_id(&self, idx: MemberIdx) -> &str {
+        self.members.get(&idx).map_or("", |m| m.client_id.as_str())
+    }
+
+    /// How many members the session has, connected or away.
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.len()
+    }
+}
+
+/// The expected duration of a task nothing is known about, when nothing in its session is known
+/// either. Only its relation to the others matters: equal estimates keep the listed order.
+const DEFAULT_ESTIMATE_MS: u64 = 1000;
+
+/// A backup copy must be expected to save at least this much, beyond twice the overhead.
+const MIN_BACKUP_GAIN_MS: u64 = 10;

@@ -1,0 +1,114 @@
+//! Results: which count (the holder's or the backup's, once), and the final report.
+
+use super::*;
+
+impl Session {
+    /// Records results reported by member `idx`. A result counts once, and only from the member
+    /// holding the task's lease or its backup copy. A job that lost its connection and comes
+    /// back with results claims their tasks when it rejoins (see [`Session::resume`]), so its
+    /// results count if the tasks are still open and nobody else took them. The first report
+    /// wins and any other copy is aborted; a late or duplicate report is ignored, and so is a
+    /// report from a member whose lease went back (it may never have received the task).
+    /// Executed durations go into the timing history.
+    pub(crate) fn report(
+        &mut self,
+        idx: MemberIdx,
+        reports: Vec<TaskReport>,
+        history: &mut Estimates,
+        now: Instant,
+    ) -> Result<Vec<Action>, UnknownTask> {
+        if let Some(bad) = reports.iter().find(|r| r.task as usize >= self.slots.len()) {
+            return Err(UnknownTask(bad.task));
+        }
+        let Some(member) = self.members.get_mut(&idx) else {
+            return Ok(Vec::new());
+        };
+        member
+            .running
+            .retain(|t| !reports.iter().any(|r| r.task == *t));
+        let client_id = member.client_id.clone();
+        let mut actions = Vec::new();
+        for TaskReport { task, result } in reports {
+            let index = task as usize;
+            // The other copies still running, to abort.
+            let losers: Vec<MemberIdx> = match &self.slots[index] {
+                Slot::Done(_) => {
+                    tracing::debug!(session = %self.key, task, "ignored a late or duplicate result");
+                    continue;
+                }
+                Slot::Leased { holder, backup, .. } if *holder == idx || *backup == Some(idx) => {
+                    [Some(*holder), *backup]
+                        .into_iter()
+                        .flatten()
+                        .filter(|&m| m != idx)
+                        .collect()
+                }
+                _ => {
+                    tracing::warn!(session = %self.key, task, client = %client_id,
+                        "ignored a result for a task not leased to this client");
+                    continue;
+                }
+            };
+            tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
+            if result.executed {
+                let text = &self.schema.tasks[index].task;
+                history.record(&self.history_scope, text, result.duration_ms);
+                self.observed.0 += result.duration_ms;
+                self.observed.1 += 1;
+                self.longest_seen = self.longest_seen.max(result.duration_ms);
+            }
+            self.slots[index] = Slot::Done(TaskRecord {
+                task,
+                result,
+                client: client_id.clone(),
+            });
+            self.touch(task);
+            self.remaining -= 1;
+            for loser in losers {
+                tracing::info!(session = %self.key, task, "another copy of a task finished first; aborting this one");
+                if let Some(member) = self.members.get_mut(&loser) {
+                    member.running.retain(|t| *t != task);
+                    if let Some(conn) = member.conn {
+                        actions.push(Action::send(conn, ServerMessage::Abort(vec![task])));
+                    }
+                }
+            }
+        }
+        if self.remaining == 0 && !self.is_complete() {
+            self.complete(now);
+            actions.extend(self.broadcast_report());
+        }
+        Ok(actions)
+    }
+
+    pub(super) fn complete(&mut self, now: Instant) {
+        self.completed_at = Some(now);
+        self.waiting.clear();
+        for member in self.members.values_mut() {
+            member.waiting = None;
+            member.running.clear();
+        }
+        let records = self
+            .slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Done(record) => record.clone(),
+                _ => unreachable!("a complete session has a result for every task"),
+            })
+            .collect();
+        self.report = Some(Arc::new(ServerMessage::Complete(SessionReport {
+            schema_name: self.schema.name.clone(),
+            records,
+        })));
+        tracing::info!(session = %self.key, tasks = self.slots.len(), "session complete");
+    }
+
+    pub(super) fn broadcast_report(&self) -> Vec<Action> {
+        let report = self.report.as_ref().expect("complete");
+        self.members
+            .values()
+            .filter_map(|member| member.conn)
+            .map(|conn| Action::Send(conn, report.clone()))
+            .collect()
+    }
+}
