@@ -60,7 +60,10 @@ pub fn initial_queue(estimates: &[u64], order: Order) -> VecDeque<TaskId> {
 /// many batches against the imbalance of long ones) and at most the longest task of the session
 /// (`longest_ms`: the makespan cannot be shorter anyway) — both keep the first client to join
 /// from taking a large share before the others arrive, since it cannot know how many will. And
-/// at least three overheads, so the overhead stays small beside the work.
+/// at least three overheads, so the overhead stays small beside the work — but never more than
+/// a fair share of the queue (`W / N`) while other clients are connected: a job whose first
+/// batch was slow (a cold compile counted as overhead) must not take the whole queue while the
+/// others sit idle.
 pub fn batch_target_ms(
     queued_work_ms: u64,
     clients: usize,
@@ -71,7 +74,12 @@ pub fn batch_target_ms(
     let share = queued_work_ms / (2 * clients);
     let balanced =
         (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / clients as f64).sqrt()) as u64;
-    balanced.min(share).min(longest_ms).max(3 * overhead_ms)
+    let target = balanced.min(share).min(longest_ms).max(3 * overhead_ms);
+    if clients > 1 {
+        target.min(queued_work_ms / clients)
+    } else {
+        target
+    }
 }
 
 /// How many tasks from the head of the queue make the next batch: as many as fit in
@@ -141,6 +149,31 @@ mod tests {
         assert_eq!(batch_target_ms(60, 3, 1, 10_000), 10);
         // Without overhead there is no reason to batch.
         assert_eq!(batch_target_ms(1000, 2, 0, 10_000), 0);
+    }
+
+    /// Regression (issue 11): after a compile-heavy first batch a job reported ~21 s of
+    /// overhead; three overheads (63 s) were more than the 40 s left, and it took the whole
+    /// queue while the other job sat idle.
+    #[test]
+    fn the_overhead_floor_never_hands_one_job_more_than_its_fair_share() {
+        assert_eq!(batch_target_ms(40_000, 2, 21_000, 25_000), 20_000);
+        assert_eq!(batch_target_ms(40_000, 4, 21_000, 25_000), 10_000);
+        // Alone, the floor stands: nobody else could take the work.
+        assert_eq!(batch_target_ms(40_000, 1, 21_000, 25_000), 63_000);
+        // And for any figures, never above W / N with others connected.
+        for work in [0, 1, 999, 40_000, 1_000_000] {
+            for clients in 2..6 {
+                for overhead in [0, 10, 5_000, 100_000] {
+                    for longest in [0, 1_000, 1_000_000] {
+                        let target = batch_target_ms(work, clients, overhead, longest);
+                        assert!(
+                            target <= work / clients as u64,
+                            "{work} {clients} {overhead}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
