@@ -575,8 +575,17 @@ fn report(task: TaskId, outcome: Outcome, executed: bool) -> TaskReport {
     }
 }
 
+/// How many random cases: 300, or `PROPTEST_CASES` (CI runs more; `scripts/proptest-runs.sh`
+/// runs the test many times over).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn sessions_complete_with_each_result_recorded_once(
