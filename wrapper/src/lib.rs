@@ -16,6 +16,7 @@ pub mod client;
 pub mod command_runner;
 pub mod connection;
 pub mod exit;
+pub mod junit;
 pub mod run_command;
 pub mod runner;
 pub mod summary;

@@ -1,0 +1,208 @@
+//! The whole session's results as JUnit XML, for CI systems that ingest it (GitLab
+//! `artifacts:reports:junit`, Jenkins, CircleCI `store_test_results`, Buildkite Test Engine).
+//!
+//! Every job writes the same file: the results of every task of the session, not only its own,
+//! so whichever job's artifact the CI system reads shows the whole run. One `testsuite` per
+//! Bazel package (or, for tasks that are not Bazel labels, one named after the schema), one
+//! `testcase` per task; each case names the job that produced its result in a `job` property.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+use schemas::{Outcome, Schema, SessionReport};
+
+/// Why a JUnit file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum JunitError {
+    /// The XML could not be produced.
+    #[error("cannot produce the JUnit report")]
+    Serialize(#[from] quick_junit::SerializeError),
+    /// The file could not be written.
+    #[error("cannot write the JUnit report {path}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The package a Bazel label belongs to (`//pkg/sub:t` → `//pkg/sub`, `@r//p:t` → `@r//p`), or
+/// `None` for a task that is not a label.
+fn package_of(task: &str) -> Option<&str> {
+    if !(task.starts_with("//") || task.starts_with('@')) {
+        return None;
+    }
+    match task.rsplit_once(':') {
+        Some((package, _)) => Some(package),
+        // `//pkg/t` is short for `//pkg/t:t`.
+        None => Some(task),
+    }
+}
+
+/// The report of `session` (whose tasks are `schema`'s) as JUnit, under the name `name`.
+pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
+    let mut suites: BTreeMap<String, TestSuite> = BTreeMap::new();
+    for record in &session.records {
+        let text = schema
+            .tasks
+            .get(record.task as usize)
+            .map_or_else(|| format!("task {}", record.task), |t| t.task.clone());
+        let suite_name = package_of(&text).unwrap_or(&schema.name).to_string();
+        let status = match record.result.outcome {
+            Outcome::Passed | Outcome::Flaky => TestCaseStatus::success(),
+            Outcome::Skipped => TestCaseStatus::skipped(),
+            outcome => {
+                let kind = match outcome {
+                    Outcome::Failed | Outcome::TimedOut => NonSuccessKind::Failure,
+                    _ => NonSuccessKind::Error,
+                };
+                let mut status = TestCaseStatus::non_success(kind);
+                let message = match record.result.exit_code {
+                    Some(code) => format!("{} (exit {code}) [{}]", outcome.label(), record.client),
+                    None => format!("{} [{}]", outcome.label(), record.client),
+                };
+                status.set_message(message).set_type(outcome.label());
+                status
+            }
+        };
+        let mut case = TestCase::new(text.clone(), status);
+        case.set_classname(suite_name.clone())
+            .set_time(Duration::from_millis(record.result.duration_ms))
+            .add_property(Property::new("job", record.client.clone()))
+            .add_property(Property::new(
+                "executed",
+                if record.result.executed {
+                    "true"
+                } else {
+                    "false (cached)"
+                },
+            ));
+        if record.result.outcome == Outcome::Flaky {
+            case.add_property(Property::new("flaky", "true"));
+        }
+        suites
+            .entry(suite_name.clone())
+            .or_insert_with(|| TestSuite::new(suite_name))
+            .add_test_case(case);
+    }
+    let mut report = Report::new(name.to_string());
+    report.add_test_suites(suites.into_values());
+    report
+}
+
+/// Writes the report of `session` to `path` (the whole file, replaced).
+pub fn write(
+    path: &Path,
+    name: &str,
+    schema: &Schema,
+    session: &SessionReport,
+) -> Result<(), JunitError> {
+    let xml = report(name, schema, session).to_string()?;
+    std::fs::write(path, xml).map_err(|source| JunitError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{TaskRecord, TaskResult};
+
+    fn record(task: u32, outcome: Outcome, client: &str) -> TaskRecord {
+        TaskRecord {
+            task,
+            result: TaskResult {
+                outcome,
+                exit_code: Some(if outcome == Outcome::Passed { 0 } else { 1 }),
+                duration_ms: 1500,
+                executed: true,
+            },
+            client: client.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_task_once_grouped_by_package_with_its_outcome_and_job() {
+        let schema = Schema::new(
+            "bazel test //...",
+            ["//a:one", "//a:two", "//b/c:three", "//b/c:four", "@r//d"],
+        )
+        .unwrap();
+        let session = SessionReport {
+            schema_name: schema.name.clone(),
+            records: vec![
+                record(0, Outcome::Passed, "job-1"),
+                record(1, Outcome::Failed, "job-2"),
+                record(2, Outcome::Skipped, "job-1"),
+                record(3, Outcome::FailedToBuild, "job-3"),
+                record(4, Outcome::Flaky, "job-2"),
+            ],
+        };
+        let xml = report("run", &schema, &session).to_string().unwrap();
+        // It reads back as JUnit, with the counts CI systems show.
+        let parsed = Report::deserialize_from_str(&xml).unwrap();
+        assert_eq!(
+            (parsed.tests, parsed.failures, parsed.errors, parsed.skipped),
+            (5, 1, 1, 1)
+        );
+        let names: Vec<&str> = parsed.test_suites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["//a", "//b/c", "@r//d"]);
+        let cases: Vec<(&str, &TestCaseStatus, &str)> = parsed
+            .test_suites
+            .iter()
+            .flat_map(|s| &s.test_cases)
+            .map(|c| {
+                let job = c.properties.iter().find(|p| p.name.as_str() == "job");
+                (c.name.as_str(), &c.status, job.unwrap().value.as_str())
+            })
+            .collect();
+        assert_eq!(cases.len(), 5, "each task once");
+        assert!(matches!(
+            cases[1],
+            (
+                "//a:two",
+                TestCaseStatus::NonSuccess {
+                    kind: NonSuccessKind::Failure,
+                    ..
+                },
+                "job-2"
+            )
+        ));
+        assert!(matches!(
+            cases[3],
+            (
+                "//b/c:four",
+                TestCaseStatus::NonSuccess {
+                    kind: NonSuccessKind::Error,
+                    ..
+                },
+                "job-3"
+            )
+        ));
+        assert!(matches!(cases[2].1, TestCaseStatus::Skipped { .. }));
+        assert!(matches!(cases[4].1, TestCaseStatus::Success { .. }));
+    }
+
+    #[test]
+    fn tasks_that_are_not_labels_go_under_the_schema_name() {
+        let schema = Schema::new("sleep", ["sleep 1", "sleep 2"]).unwrap();
+        let session = SessionReport {
+            schema_name: "sleep".into(),
+            records: vec![
+                record(0, Outcome::Passed, "a"),
+                record(1, Outcome::TimedOut, "b"),
+            ],
+        };
+        let parsed =
+            Report::deserialize_from_str(&report("r", &schema, &session).to_string().unwrap())
+                .unwrap();
+        assert_eq!(parsed.test_suites.len(), 1);
+        assert_eq!(parsed.test_suites[0].name.as_str(), "sleep");
+        assert_eq!(parsed.failures, 1);
+    }
+}
