@@ -19,7 +19,7 @@ step "buildifier: MODULE.bazel and every BUILD file"
 scripts/lint-bazel.sh
 
 step "build the binaries the end-to-end tests start"
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins --examples --quiet
 
 step "cargo test --workspace"
 cargo test --workspace

@@ -276,3 +276,53 @@ fn a_job_cut_off_past_the_idle_timeout_comes_back_as_the_same_member() {
     );
     let _ = std::fs::remove_dir_all(&run.dir);
 }
+
+/// Bug: finishing alone, the job handed its runner a token nothing cancelled, so SIGINT and
+/// SIGTERM were swallowed and the job ran every remaining task to the end. Now the signal stops
+/// the runner (and its processes) and the job exits 130 at once.
+fn a_signal_while_finishing_alone_is_honoured(signal: nix::sys::signal::Signal) {
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks: Vec<String> = (0..3).map(|i| format!("alone-{i}")).collect();
+    let schema = write_schema(dir.path(), "alone", &tasks).unwrap();
+    // The first task holds until `release`; once the coordinator is `gone`, a task takes a minute.
+    let script = format!(
+        "echo \"$0\" >> {dir}/started; if [ -e {dir}/gone ]; then exec sleep 60; fi; \
+         while [ ! -e {dir}/release ]; do sleep 0.05; done",
+        dir = dir.path().display()
+    );
+    let mut command =
+        coordinator.run_command("alone", "job", &schema, &["sh", "-c", &script, "{task}"]);
+    command.env("TASK_SHARDING_GRACE", "1s");
+    let job = Job::spawn("alone/job", command).unwrap();
+    let started = || lines(&dir.path().join("started"));
+    wait_until("the first task runs", LIMIT, || started().len() == 1).unwrap();
+    drop(coordinator.kill().unwrap());
+    std::fs::write(dir.path().join("gone"), "").unwrap();
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    wait_until("the job finishes alone", LIMIT, || {
+        job.read("stderr").contains("not known to be finished here") && started().len() == 2
+    })
+    .unwrap();
+
+    job.signal(signal).unwrap();
+    // Well before the minute the task would take: the signal stopped it.
+    let output = job.wait(Duration::from_secs(20)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; this job's unfinished tasks were not run"),
+        "{stderr}"
+    );
+    assert_eq!(started().len(), 2, "the last task never started");
+}
+
+#[test]
+fn sigint_while_finishing_alone_is_honoured() {
+    a_signal_while_finishing_alone_is_honoured(nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_while_finishing_alone_is_honoured() {
+    a_signal_while_finishing_alone_is_honoured(nix::sys::signal::Signal::SIGTERM);
+}

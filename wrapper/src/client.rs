@@ -8,13 +8,13 @@
 //! again on the new connection, once: the coordinator answers every request it gets, so a
 //! request made twice would bring a second assignment while the first runs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemas::{
     Assignment, ClientMessage, ErrorCode, Join, Joined, Progress, Schema, ServerMessage,
-    SessionReport, TaskId, TaskRecord, TaskReport, TaskResult, Ticket, WorkRequest,
+    SessionReport, TaskId, TaskReport, Ticket, WorkRequest,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,21 @@ pub struct SessionOptions {
 
 /// The default of [`SessionOptions::reconnect_for`]: long enough for a coordinator to restart.
 pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+impl SessionOptions {
+    /// The session `session_key`, its timings filed under `history_scope`; one task at a time,
+    /// reconnecting for [`DEFAULT_RECONNECT_FOR`], and an `interrupt` only the caller fires
+    /// (see [`crate::driver::interrupt_on_signals`]).
+    pub fn new(session_key: impl Into<String>, history_scope: impl Into<String>) -> Self {
+        SessionOptions {
+            session_key: session_key.into(),
+            history_scope: history_scope.into(),
+            max_batch: 1,
+            interrupt: CancellationToken::new(),
+            reconnect_for: DEFAULT_RECONNECT_FOR,
+        }
+    }
+}
 
 /// Joins the session for `schema` on `connection` and runs what the coordinator assigns until
 /// every task of the session has a result; returns that final report (the same one every client
@@ -535,52 +550,5 @@ async fn receive(
     tokio::select! {
         message = connection.recv() => message,
         () = interrupt.cancelled() => Err(ClientError::Interrupted),
-    }
-}
-
-/// The coordinator is gone for good: runs every task of `schema` without a result in `mine`
-/// here, in one batch, and returns the report this client can make on its own (`mine` under
-/// `client_id`, the rest under `client_id (alone)`).
-pub async fn run_alone<R: TaskRunner>(
-    schema: &Schema,
-    runner: &mut R,
-    mine: &BTreeMap<TaskId, TaskResult>,
-    client_id: &str,
-) -> SessionReport {
-    let rest: Vec<AssignedTask> = schema
-        .tasks
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| !mine.contains_key(&(*id as TaskId)))
-        .map(|(id, task)| AssignedTask {
-            id: id as TaskId,
-            text: task.task.clone(),
-        })
-        .collect();
-    let mut records: BTreeMap<TaskId, TaskRecord> = mine
-        .iter()
-        .map(|(&task, result)| {
-            let record = TaskRecord {
-                task,
-                result: result.clone(),
-                client: client_id.to_string(),
-            };
-            (task, record)
-        })
-        .collect();
-    if !rest.is_empty() {
-        let alone = format!("{client_id} (alone)");
-        for report in runner.run(&rest, CancellationToken::new()).await {
-            let record = TaskRecord {
-                task: report.task,
-                result: report.result,
-                client: alone.clone(),
-            };
-            records.insert(record.task, record);
-        }
-    }
-    SessionReport {
-        schema_name: schema.name.clone(),
-        records: records.into_values().collect(),
     }
 }

@@ -1,12 +1,12 @@
 //! The exit codes of `task-sharding run`. (`task-sharding bazel` exits with Bazel's own codes.)
 
 /// Every task of the session succeeded.
-pub const SUCCESS: u8 = 0;
+pub(crate) const SUCCESS: u8 = 0;
 /// Some task of the session failed.
-pub const FAILED: u8 = 1;
+pub(crate) const FAILED: u8 = 1;
 /// The command line or the schema was wrong.
-pub const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 /// The coordinator could not be used: unreachable, refused the client, or lost.
-pub const COORDINATOR: u8 = 3;
+pub(crate) const COORDINATOR: u8 = 3;
 /// Stopped by SIGINT or SIGTERM.
-pub const INTERRUPTED: u8 = 130;
+pub(crate) const INTERRUPTED: u8 = 130;

@@ -1,5 +1,5 @@
 //! `task-sharding`: see `task-sharding --help`.
 
 fn main() -> std::process::ExitCode {
-    wrapper::cli::main()
+    wrapper::binary_main()
 }

@@ -1,18 +1,15 @@
 //! `task-sharding run`: the generic runner driven by a schema file.
 
-use std::collections::BTreeMap;
-
 use schemas::{Schema, SessionReport};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
-use crate::client::{run_alone, run_session, Event, SessionOptions};
+use crate::client::{Event, SessionOptions};
 use crate::command_runner::CommandRunner;
-use crate::connection::{ClientError, Connection};
+use crate::driver::{drive, interrupt_on_signals, Outcome, Progress};
 use crate::{exit, summary};
 
 /// Runs the subcommand; returns the exit code.
-pub async fn run(args: RunArgs) -> u8 {
+pub(crate) async fn run(args: RunArgs) -> u8 {
     let schema = match read_schema(&args) {
         Ok(schema) => schema,
         Err(message) => {
@@ -31,59 +28,35 @@ pub async fn run(args: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let interrupt = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(interrupt.clone()));
     let session = SessionOptions {
-        session_key: args.connect.seal(format!("run/{run_id}/{}", schema.name)),
-        history_scope: format!("run:{}", schema.name),
         max_batch: args.max_batch,
-        interrupt,
+        interrupt: interrupt_on_signals(),
         reconnect_for: args.connect.reconnect_for,
-    };
-    let (connection, _) = match Connection::connect(&options).await {
-        Ok(connected) => connected,
-        Err(e) => {
-            eprintln!("task-sharding: error: {e}");
-            return exit::COORDINATOR;
-        }
+        ..SessionOptions::new(
+            args.connect.seal(format!("run/{run_id}/{}", schema.name)),
+            format!("run:{}", schema.name),
+        )
     };
     let mut runner = CommandRunner::new(args.command);
     let total = schema.tasks.len();
-    let mut mine = BTreeMap::new();
-    let outcome = run_session(
-        connection,
-        &options,
-        &schema,
-        &mut runner,
-        &session,
-        |event| {
-            if let Event::Reported(reports) = &event {
-                mine.extend(reports.iter().map(|r| (r.task, r.result.clone())));
-            }
-            progress(&event, total)
-        },
-    )
-    .await;
-    match outcome {
-        Ok(report) => verdict(&schema, &report),
-        // Lost for good in the middle of the session: this job still finishes, alone.
-        Err(e @ ClientError::Lost(_)) => {
-            eprintln!("task-sharding: error: {e}");
+    match drive(&options, &schema, &mut runner, &session, |p| {
+        progress(p, total)
+    })
+    .await
+    {
+        Outcome::Complete(report) | Outcome::Alone { report, .. } => verdict(&schema, &report),
+        Outcome::Interrupted { alone } => {
             eprintln!(
-                "task-sharding: warning: the coordinator is unavailable; running the {} tasks not \
-                 known to be finished here",
-                total - mine.len()
-            );
-            let report = run_alone(&schema, &mut runner, &mine, &options.client_id).await;
-            verdict(&schema, &report)
-        }
-        Err(ClientError::Interrupted) => {
-            eprintln!(
-                "task-sharding: interrupted; this job's unfinished tasks go to the other jobs"
+                "task-sharding: interrupted; {}",
+                if alone {
+                    "this job's unfinished tasks were not run"
+                } else {
+                    "this job's unfinished tasks go to the other jobs"
+                }
             );
             exit::INTERRUPTED
         }
-        Err(e) => {
+        Outcome::Unavailable(e) => {
             eprintln!("task-sharding: error: {e}");
             exit::COORDINATOR
         }
@@ -107,7 +80,18 @@ fn read_schema(args: &RunArgs) -> Result<Schema, String> {
     Schema::from_yaml(&text).map_err(|e| format!("{path}: {e}"))
 }
 
-fn progress(event: &Event, total: usize) {
+fn progress(progress: Progress<'_>, total: usize) {
+    let event = match progress {
+        Progress::Session(event) => event,
+        Progress::FinishingAlone { cause, rest } => {
+            eprintln!("task-sharding: error: {cause}");
+            eprintln!(
+                "task-sharding: warning: the coordinator is unavailable; running the {rest} tasks \
+                 not known to be finished here"
+            );
+            return;
+        }
+    };
     match event {
         Event::Joined(joined) => eprintln!(
             "task-sharding: {} session: {} tasks, {} already finished, {} client(s)",
@@ -141,20 +125,4 @@ fn progress(event: &Event, total: usize) {
             )
         }
     }
-}
-
-/// Fires `interrupt` on SIGINT or SIGTERM.
-pub(crate) async fn cancel_on_signal(interrupt: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    interrupt.cancel();
 }

@@ -17,17 +17,15 @@ pub mod runner;
 pub mod session_key;
 pub mod verdict;
 
-use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use schemas::{Schema, SessionReport, TaskId, TaskResult};
-use tokio_util::sync::CancellationToken;
+use schemas::{Schema, SessionReport};
 
 use crate::cli::ConnectArgs;
-use crate::client::{run_alone, run_session, Event, SessionOptions};
-use crate::connection::{ClientError, Connection};
+use crate::client::{Event, SessionOptions};
+use crate::driver::{drive, interrupt_on_signals, Outcome, Progress};
 use crate::summary;
 use args::Invocation;
 use runner::BazelRunner;
@@ -132,10 +130,6 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         &invocation.options,
         &labels(&schema),
     );
-    let (connection, _) = match Connection::connect(&options).await {
-        Ok(connected) => connected,
-        Err(e) => return fall_back(bazel, args, &e.to_string()),
-    };
     let events = match EventsDir::new() {
         Ok(dir) => dir,
         Err(e) => return fall_back(bazel, args, &format!("no directory for build events: {e}")),
@@ -148,47 +142,33 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         batches: 0,
         overhead: runner::INITIAL_OVERHEAD,
     };
-    let interrupt = CancellationToken::new();
-    tokio::spawn(crate::run_command::cancel_on_signal(interrupt.clone()));
     let session = SessionOptions {
-        session_key: connect.seal(key),
-        history_scope: format!("bazel:{}", repository_identity()),
         max_batch: MAX_BATCH,
-        interrupt,
+        interrupt: interrupt_on_signals(),
         reconnect_for: connect.reconnect_for,
+        ..SessionOptions::new(
+            connect.seal(key),
+            format!("bazel:{}", repository_identity()),
+        )
     };
     eprintln!(
         "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {})",
         schema.tasks.len(),
         options.coordinator
     );
-    let mut mine: BTreeMap<TaskId, TaskResult> = BTreeMap::new();
-    let outcome = run_session(
-        connection,
-        &options,
-        &schema,
-        &mut runner,
-        &session,
-        |event| progress(&event, &mut mine),
-    )
-    .await;
-    match outcome {
-        Ok(report) => finish(&schema, &report),
-        Err(ClientError::Interrupted) => {
+    match drive(&options, &schema, &mut runner, &session, progress).await {
+        Outcome::Complete(report) | Outcome::Alone { report, .. } => finish(&schema, &report),
+        Outcome::Unavailable(e) => fall_back(bazel, args, &e.to_string()),
+        Outcome::Interrupted { alone } => {
             eprintln!(
-                "task-sharding: interrupted; this job's unfinished targets go to the other jobs"
+                "task-sharding: interrupted; {}",
+                if alone {
+                    "this job's unfinished targets were not run"
+                } else {
+                    "this job's unfinished targets go to the other jobs"
+                }
             );
             code::INTERRUPTED
-        }
-        Err(e) => {
-            eprintln!("task-sharding: error: {e}");
-            let rest = schema.tasks.len() - mine.len();
-            eprintln!(
-                "task-sharding: warning: the coordinator is unavailable; running the {rest} targets \
-                 not known to be finished here (the remote cache spares what other jobs already ran)"
-            );
-            let report = run_alone(&schema, &mut runner, &mine, &options.client_id).await;
-            finish(&schema, &report)
         }
     }
 }
@@ -294,8 +274,20 @@ fn labels(schema: &Schema) -> Vec<String> {
     schema.tasks.iter().map(|t| t.task.clone()).collect()
 }
 
-/// Prints a progress line per event; remembers this job's own results for the fallback.
-fn progress(event: &Event, mine: &mut BTreeMap<TaskId, TaskResult>) {
+/// Prints a progress line per event.
+fn progress(progress: Progress<'_>) {
+    let event = match progress {
+        Progress::Session(event) => event,
+        Progress::FinishingAlone { cause, rest } => {
+            eprintln!("task-sharding: error: {cause}");
+            eprintln!(
+                "task-sharding: warning: the coordinator is unavailable; running the {rest} \
+                 targets not known to be finished here (the remote cache spares what other jobs \
+                 already ran)"
+            );
+            return;
+        }
+    };
     match event {
         Event::Joined(joined) => eprintln!(
             "task-sharding: {} the session: {} targets, {} done, {} job(s)",
@@ -325,11 +317,7 @@ fn progress(event: &Event, mine: &mut BTreeMap<TaskId, TaskResult>) {
             "task-sharding: stopped {} target(s) another job finished first",
             ids.len()
         ),
-        Event::Reported(reports) => {
-            for report in reports {
-                mine.insert(report.task, report.result.clone());
-            }
-        }
+        Event::Reported(_) => {}
         Event::Reconnecting(_) | Event::Rejoined(_) => {
             eprintln!(
                 "{}",
