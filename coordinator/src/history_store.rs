@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use std::path::PathBuf;
+
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use crate::state::history::{Estimates, HistoryChanges};
@@ -30,8 +31,50 @@ impl std::fmt::Debug for HistoryStore {
 /// memory creep up with its files.
 const CACHE_BYTES: usize = 1 << 20;
 
+/// What went wrong with one of the coordinator's redb files (the timing history, the sessions).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file or its directory could not be created private.
+    #[error(transparent)]
+    Private(#[from] crate::private_dir::PrivateError),
+    /// The file could not be opened or created.
+    #[error("cannot open {what} {}", path.display())]
+    Open {
+        /// Which file it is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Database(#[from] redb::Error),
+    /// A row could not be encoded.
+    #[error("cannot encode a stored row")]
+    Encode(#[from] schemas::FrameError),
+}
+
+/// `?` on redb's per-operation errors, each kept whole inside [`redb::Error`].
+macro_rules! through_redb_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                StoreError::Database(error.into())
+            }
+        }
+    )*};
+}
+through_redb_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
 /// Opens (or creates) one of the coordinator's redb files, `what` naming it in errors.
-pub(crate) fn open_database(path: &Path, what: &str) -> Result<Database> {
+pub(crate) fn open_database(path: &Path, what: &'static str) -> Result<Database, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::private_dir::create(dir)?;
     }
@@ -41,7 +84,11 @@ pub(crate) fn open_database(path: &Path, what: &str) -> Result<Database> {
     redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create(path)
-        .with_context(|| format!("cannot open {what} {}", path.display()))
+        .map_err(|source| StoreError::Open {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn key(scope: &str, task: &str) -> String {
@@ -50,14 +97,14 @@ fn key(scope: &str, task: &str) -> String {
 
 impl HistoryStore {
     /// Opens (or creates) the history file.
-    pub fn open(path: &Path) -> Result<HistoryStore> {
+    pub fn open(path: &Path) -> Result<HistoryStore, StoreError> {
         let db = open_database(path, "the timing history")?;
         Ok(HistoryStore { db })
     }
 
     /// Every stored estimate: what the state machine starts from. Read once, before the
     /// coordinator serves anyone.
-    pub fn load(&self) -> Result<Estimates> {
+    pub fn load(&self) -> Result<Estimates, StoreError> {
         let read = || -> Result<Vec<(String, String, u64)>, redb::Error> {
             let txn = self.db.begin_read()?;
             let table = match txn.open_table(ESTIMATES) {
@@ -74,13 +121,13 @@ impl HistoryStore {
             }
             Ok(rows)
         };
-        let rows = read().context("cannot read the timing history")?;
+        let rows = read()?;
         Ok(Estimates::from_stored(rows))
     }
 
     /// Writes changed estimates in one transaction. Called by the server outside the state's
     /// lock, a few times a second and at shutdown.
-    pub fn write(&self, changes: &HistoryChanges) -> Result<()> {
+    pub fn write(&self, changes: &HistoryChanges) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -95,7 +142,7 @@ impl HistoryStore {
             txn.commit()?;
             Ok(())
         };
-        write().context("cannot write the timing history")
+        Ok(write()?)
     }
 }
 

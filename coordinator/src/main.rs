@@ -230,7 +230,8 @@ async fn run(opt: Opt) -> Result<()> {
         server.fingerprint()
     );
     tracing::info!(%addr, cert = %cert_path.display(), fingerprint = %server.fingerprint(), "ready");
-    server.run(shutdown_signal()).await
+    server.run(shutdown_signal()).await?;
+    Ok(())
 }
 
 /// The token from --token-file, trimmed; refuses to run open on a non-loopback address.

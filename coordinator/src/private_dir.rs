@@ -6,7 +6,29 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+/// A directory or file that could not be made private.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", path.display())]
+pub struct PrivateError {
+    /// What was being done: "create", "read", "make private".
+    action: &'static str,
+    /// The directory or file.
+    path: std::path::PathBuf,
+    /// Why.
+    #[source]
+    source: std::io::Error,
+}
+
+type Result<T> = std::result::Result<T, PrivateError>;
+
+fn failed(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PrivateError {
+    let path = path.to_path_buf();
+    move |source| PrivateError {
+        action,
+        path,
+        source,
+    }
+}
 
 /// Creates `dir` (and any missing parent) with mode 0700. An existing directory that others
 /// may read is left as it is, with a warning: the operator may have chosen it.
@@ -15,9 +37,9 @@ pub fn create(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+        .map_err(failed("create", dir))?;
     let mode = fs::metadata(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
+        .map_err(failed("read", dir))?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
@@ -39,9 +61,9 @@ pub fn private_file(path: &Path) -> Result<()> {
         .append(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+        .map_err(failed("create", path))?;
     file.set_permissions(fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", path.display()))
+        .map_err(failed("make private", path))
 }
 
 #[cfg(test)]

@@ -5,15 +5,54 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use std::path::PathBuf;
 
 use crate::admission::{Admission, AdmissionLimits};
 use crate::connection::{self, Limits};
+use crate::history_store::StoreError;
 use crate::hub::Hub;
 pub use crate::hub::SessionShares;
 use crate::session_store::SessionStore;
 use crate::state::{Coordinator, Policy};
 use crate::tls::{ClientCa, TlsIdentity};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS configuration could not be made.
+    #[error("{0}")]
+    Tls(&'static str, #[source] rustls::Error),
+    /// rustls' configuration does not suit QUIC.
+    #[error("the TLS configuration is unusable for QUIC")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The idle timeout does not fit QUIC's.
+    #[error("the idle timeout is too long")]
+    IdleTimeout(#[source] quinn::VarIntBoundsExceeded),
+    /// The timing history or the session store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored sessions could not be read.
+    #[error("cannot read the session store {}", path.display())]
+    LoadSessions {
+        /// The store.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// Not inside a Tokio runtime.
+    #[error("no async runtime")]
+    NoRuntime,
+    /// The UDP socket could not be bound, or its address told.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Everything the server needs to start.
 #[derive(Debug)]
@@ -79,22 +118,24 @@ pub struct Server {
 
 impl Server {
     /// Binds the endpoint. Nothing is served until [`Server::run`].
-    pub fn bind(config: ServerConfig) -> Result<Server> {
+    pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let fingerprint = config.identity.fingerprint();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .context("TLS 1.3 is unavailable")?;
+            .map_err(|e| ServerError::Tls("TLS 1.3 is unavailable", e))?;
         let tls = match &config.client_ca {
             Some(client_ca) => tls.with_client_cert_verifier(client_ca.verifier()),
             None => tls.with_no_client_auth(),
         };
         let mut tls = tls
             .with_single_cert(config.identity.certs, config.identity.key)
-            .context("the certificate and key do not form a usable identity")?;
+            .map_err(|e| {
+                ServerError::Tls("the certificate and key do not form a usable identity", e)
+            })?;
         tls.alpn_protocols = vec![schemas::ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .context("the TLS configuration is unusable for QUIC")?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(ServerError::Quic)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let transport = Arc::get_mut(&mut server_config.transport).expect("not shared yet");
         transport
@@ -102,7 +143,7 @@ impl Server {
                 config
                     .idle_timeout
                     .try_into()
-                    .context("the idle timeout is too long")?,
+                    .map_err(ServerError::IdleTimeout)?,
             ))
             .keep_alive_interval(Some(config.idle_timeout / 3))
             // One stream per client carries the whole conversation.
@@ -124,9 +165,10 @@ impl Server {
         let (state, store) = match &config.sessions_path {
             Some(path) => {
                 let store = SessionStore::open(path)?;
-                let snapshot = store
-                    .load()
-                    .with_context(|| format!("cannot read the session store {}", path.display()))?;
+                let snapshot = store.load().map_err(|source| ServerError::LoadSessions {
+                    path: path.clone(),
+                    source,
+                })?;
                 let state = Coordinator::restore(config.policy, history, snapshot, Instant::now());
                 (state, Some(store))
             }
@@ -134,14 +176,17 @@ impl Server {
         };
         let endpoint = match &config.reset_key {
             Some(key) => {
-                let runtime = quinn::default_runtime().context("no async runtime")?;
+                let runtime = quinn::default_runtime().ok_or(ServerError::NoRuntime)?;
                 std::net::UdpSocket::bind(config.listen).and_then(|socket| {
                     quinn::Endpoint::new(endpoint_config(key), Some(server_config), socket, runtime)
                 })
             }
             None => quinn::Endpoint::server(server_config, config.listen),
         }
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .map_err(|source| ServerError::Listen {
+            address: config.listen,
+            source,
+        })?;
         Ok(Server {
             endpoint,
             hub: Arc::new(Hub::new(
@@ -164,8 +209,8 @@ impl Server {
     }
 
     /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.endpoint.local_addr()?)
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
     }
 
     /// The SHA-256 fingerprint of the certificate, in lowercase hex.
@@ -175,7 +220,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
     /// clients to be told.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let mut refusals = Throttle::default();
         let housekeeping = tokio::spawn(housekeeping(self.hub.clone()));
         let persisting = tokio::spawn(persisting(self.hub.clone()));

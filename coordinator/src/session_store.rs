@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use anyhow::Result;
 use redb::{Database, ReadOnlyTable, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use schemas::frame::{decode_payload, encode_payload};
 
+use crate::history_store::StoreError;
 use crate::state::persist::{self, Journal, Snapshot};
 
 /// Session rows by key.
@@ -30,13 +30,13 @@ impl std::fmt::Debug for SessionStore {
 
 impl SessionStore {
     /// Opens (or creates) the file.
-    pub fn open(path: &Path) -> Result<SessionStore> {
+    pub fn open(path: &Path) -> Result<SessionStore, StoreError> {
         let db = crate::history_store::open_database(path, "the session store")?;
         Ok(SessionStore { db })
     }
 
     /// Writes a journal in one transaction: all of it or, if the process dies first, none.
-    pub fn apply(&self, journal: &Journal) -> Result<()> {
+    pub fn apply(&self, journal: &Journal) -> Result<(), StoreError> {
         if journal.is_empty() {
             return Ok(());
         }
@@ -67,7 +67,7 @@ impl SessionStore {
 
     /// Reads every stored session. A row that does not decode (a file from another version, or
     /// damaged) is skipped with a warning: losing one session is better than not starting.
-    pub fn load(&self) -> Result<Snapshot> {
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read()?;
         let sessions = match txn.open_table(SESSIONS) {
             Ok(table) => table,
@@ -92,11 +92,14 @@ impl SessionStore {
     }
 }
 
+/// A row of a table keyed by (session key, index).
+type IndexedRow<R> = ((String, u32), R);
+
 /// The rows of a table keyed by (session key, index) that decode; the others are skipped (their
 /// session then treats them as never written: a member that cannot come back, a queued task).
 fn rows_by_session<R: serde::de::DeserializeOwned>(
     table: &ReadOnlyTable<(&'static str, u32), &'static [u8]>,
-) -> Result<Vec<((String, u32), R)>> {
+) -> Result<Vec<IndexedRow<R>>, StoreError> {
     let mut rows = Vec::new();
     for entry in table.iter()? {
         let (key, value) = entry?;

@@ -13,13 +13,122 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _, Result};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use sha2::{Digest as _, Sha256};
+
+/// What went wrong loading or making the coordinator's certificates and keys.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot read {what} {}", path.display())]
+    Pem {
+        /// What the file was meant to hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A PEM file held no certificate.
+    #[error("{what} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NoCertificate {
+        /// What the file was meant to hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The TLS directory holds a certificate without its key, or a key without its certificate.
+    #[error("{} has only one of cert.pem and key.pem; remove it to generate a new pair", dir.display())]
+    HalfIdentity {
+        /// The TLS directory.
+        dir: PathBuf,
+    },
+    /// rcgen could not make a certificate for these names.
+    #[error("cannot generate a self-signed certificate")]
+    Generate(#[source] rcgen::Error),
+    /// The TLS directory could not be created private.
+    #[error(transparent)]
+    Private(#[from] crate::private_dir::PrivateError),
+    /// A file or directory could not be created, read or written.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was tried: "create", "read", "write".
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate of the client CA bundle cannot serve as a trust anchor.
+    #[error("certificate {number} of the client CA bundle {} is unusable as a CA", path.display())]
+    UnusableCa {
+        /// Its place in the bundle, from 1.
+        number: usize,
+        /// The bundle.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused to verify clients with these CAs.
+    #[error("cannot verify clients with {}", path.display())]
+    Verifier {
+        /// The bundle.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The stored stateless-reset key has the wrong length.
+    #[error("{} holds {len} bytes, not {RESET_KEY_LEN}; delete it to have a new one generated", path.display())]
+    ResetKeyLength {
+        /// The key file.
+        path: PathBuf,
+        /// How many bytes it holds.
+        len: usize,
+    },
+}
+
+impl TlsError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
+        let path = path.to_path_buf();
+        move |source| TlsError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// The certificates of a PEM file, at least one; `what` names the file in errors. The one PEM
+/// certificate loader of the coordinator, for its own chain and for the client CA bundle.
+fn load_certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |source| TlsError::Pem {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
 
 /// A certificate chain and its private key.
 #[derive(Debug)]
@@ -34,16 +143,13 @@ pub struct TlsIdentity {
 
 impl TlsIdentity {
     /// Loads a PEM certificate chain and private key.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
-        let certs = CertificateDer::pem_file_iter(cert_path)
-            .with_context(|| format!("cannot read certificates from {}", cert_path.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("bad PEM in {}", cert_path.display()))?;
-        if certs.is_empty() {
-            bail!("{} holds no certificate", cert_path.display());
-        }
-        let key = PrivateKeyDer::from_pem_file(key_path)
-            .with_context(|| format!("cannot read a private key from {}", key_path.display()))?;
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let certs = load_certificates(cert_path, "the certificate chain")?;
+        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| TlsError::Pem {
+            what: "the private key",
+            path: key_path.to_path_buf(),
+            source,
+        })?;
         Ok(TlsIdentity {
             certs,
             key,
@@ -53,23 +159,23 @@ impl TlsIdentity {
 
     /// Loads `cert.pem` and `key.pem` from `dir`, or, when neither exists, generates a
     /// self-signed certificate for `names` (DNS names or IP addresses) and writes them there.
-    pub fn load_or_generate(dir: &Path, names: &[String]) -> Result<Self> {
+    pub fn load_or_generate(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => return Self::load(&cert_path, &key_path),
             (false, false) => {}
-            _ => bail!(
-                "{} has only one of cert.pem and key.pem; remove it to generate a new pair",
-                dir.display()
-            ),
+            _ => {
+                return Err(TlsError::HalfIdentity {
+                    dir: dir.to_path_buf(),
+                })
+            }
         }
-        crate::private_dir::create(dir).context("cannot create the TLS directory")?;
-        let generated = rcgen::generate_simple_self_signed(names.to_vec())
-            .context("cannot generate a self-signed certificate")?;
+        crate::private_dir::create(dir)?;
+        let generated =
+            rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
         write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
-        fs::write(&cert_path, generated.cert.pem())
-            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+        fs::write(&cert_path, generated.cert.pem()).map_err(TlsError::io("write", &cert_path))?;
         tracing::info!(cert = %cert_path.display(), ?names, "generated a self-signed certificate");
         Self::load(&cert_path, &key_path)
     }
@@ -94,32 +200,24 @@ pub struct ClientCa {
 impl ClientCa {
     /// Loads a PEM bundle of CA certificates; every client will have to present a certificate
     /// chaining to one of them.
-    pub fn load(path: &Path) -> Result<Self> {
-        let certs = CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("cannot read the client CA bundle {}", path.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("bad PEM in the client CA bundle {}", path.display()))?;
-        if certs.is_empty() {
-            bail!(
-                "the client CA bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                path.display()
-            );
-        }
+    pub fn load(path: &Path) -> Result<Self, TlsError> {
+        let certs = load_certificates(path, "the client CA bundle")?;
         let count = certs.len();
         let mut roots = RootCertStore::empty();
         for (index, cert) in certs.into_iter().enumerate() {
-            roots.add(cert).with_context(|| {
-                format!(
-                    "certificate {} of the client CA bundle {} is unusable as a CA",
-                    index + 1,
-                    path.display()
-                )
+            roots.add(cert).map_err(|source| TlsError::UnusableCa {
+                number: index + 1,
+                path: path.to_path_buf(),
+                source,
             })?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
-            .with_context(|| format!("cannot verify clients with {}", path.display()))?;
+            .map_err(|source| TlsError::Verifier {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(ClientCa {
             path: path.to_path_buf(),
             count,
@@ -152,8 +250,10 @@ pub fn default_names(extra: &[String]) -> Vec<String> {
     names
 }
 
+/// This host's name, from the same source the clients report theirs with.
 fn hostname() -> Option<String> {
-    let name = fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = hostname::get().ok()?;
+    let name = name.to_string_lossy();
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_string())
 }
@@ -162,16 +262,15 @@ fn hostname() -> Option<String> {
 /// `dir/reset.key` (generated when absent) so that it survives restarts: a restarted
 /// coordinator then answers a packet of a connection it no longer knows with a reset the client
 /// recognizes, and the client reconnects at once instead of waiting out its idle timeout.
-pub fn load_or_generate_reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN]> {
+pub fn load_or_generate_reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN], TlsError> {
     let path = dir.join("reset.key");
     match fs::read(&path) {
-        Ok(bytes) => bytes.try_into().map_err(|bytes: Vec<u8>| {
-            anyhow::anyhow!(
-                "{} holds {} bytes, not {RESET_KEY_LEN}; delete it to have a new one generated",
-                path.display(),
-                bytes.len()
-            )
-        }),
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|bytes: Vec<u8>| TlsError::ResetKeyLength {
+                path: path.clone(),
+                len: bytes.len(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             crate::private_dir::create(dir)?;
             let mut key = [0; RESET_KEY_LEN];
@@ -179,7 +278,7 @@ pub fn load_or_generate_reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN]> {
             write_private(&path, &key)?;
             Ok(key)
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => Err(TlsError::io("read", &path)(e)),
     }
 }
 
@@ -187,16 +286,14 @@ pub fn load_or_generate_reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN]> {
 pub const RESET_KEY_LEN: usize = 64;
 
 /// Writes a file readable by its owner only: it holds a private key.
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file = options.open(path).map_err(TlsError::io("create", path))?;
     file.write_all(contents)
-        .with_context(|| format!("cannot write {}", path.display()))
+        .map_err(TlsError::io("write", path))
 }
 
 #[cfg(test)]
