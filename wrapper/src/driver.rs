@@ -47,6 +47,8 @@ pub enum Outcome {
 /// What the driver reports as it goes, for progress lines.
 #[derive(Debug)]
 pub enum Progress<'a> {
+    /// Connected to the coordinator (and greeted); joining next.
+    Connected,
     /// Something happened in the session.
     Session(&'a Event),
     /// The session cannot go on (`cause`); this job now runs the `rest` tasks it does not know
@@ -73,6 +75,7 @@ pub async fn drive<R: TaskRunner>(
         Err(ClientError::Interrupted) => return Outcome::Interrupted { alone: false },
         Err(e) => return Outcome::Unavailable(e),
     };
+    on_progress(Progress::Connected);
     let mut joined = false;
     let mut mine: BTreeMap<TaskId, TaskResult> = BTreeMap::new();
     let outcome = run_session(connection, connect, schema, runner, session, |event| {

@@ -82,6 +82,7 @@ fn read_schema(args: &RunArgs) -> Result<Schema, String> {
 
 fn progress(progress: Progress<'_>, total: usize) {
     let event = match progress {
+        Progress::Connected => return,
         Progress::Session(event) => event,
         Progress::FinishingAlone { cause, rest } => {
             eprintln!("task-sharding: error: {cause}");

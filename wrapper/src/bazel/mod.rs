@@ -151,12 +151,17 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
             format!("bazel:{}", repository_identity()),
         )
     };
-    eprintln!(
+    // Said once connected, so that a job falling back to plain Bazel never claims to shard.
+    let sharding = format!(
         "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {})",
         schema.tasks.len(),
         options.coordinator
     );
-    match drive(&options, &schema, &mut runner, &session, progress).await {
+    let on_progress = |p: Progress<'_>| match p {
+        Progress::Connected => eprintln!("{sharding}"),
+        other => progress(other),
+    };
+    match drive(&options, &schema, &mut runner, &session, on_progress).await {
         Outcome::Complete(report) | Outcome::Alone { report, .. } => finish(&schema, &report),
         Outcome::Unavailable(e) => fall_back(bazel, args, &e.to_string()),
         Outcome::Interrupted { alone } => {
@@ -277,6 +282,7 @@ fn labels(schema: &Schema) -> Vec<String> {
 /// Prints a progress line per event.
 fn progress(progress: Progress<'_>) {
     let event = match progress {
+        Progress::Connected => return,
         Progress::Session(event) => event,
         Progress::FinishingAlone { cause, rest } => {
             eprintln!("task-sharding: error: {cause}");
