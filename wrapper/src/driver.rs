@@ -61,6 +61,22 @@ pub enum Progress<'a> {
     },
 }
 
+impl Progress<'_> {
+    /// The progress line every front end prints alike, naming tasks and clients as the caller
+    /// does (("targets", "job") or ("tasks", "client")): a lost or regained connection, or
+    /// finishing alone. `None` for the rest, whose lines differ.
+    pub fn common_line(&self, tasks: &str, clients: &str) -> Option<String> {
+        match self {
+            Progress::Session(event) => event.connection_line(tasks, clients),
+            Progress::FinishingAlone { cause, rest } => Some(format!(
+                "task-sharding: error: {cause}\ntask-sharding: warning: the coordinator is \
+                 unavailable; running the {rest} {tasks} not known to be finished here"
+            )),
+            Progress::Connected => None,
+        }
+    }
+}
+
 /// Connects with `connect`, runs `schema`'s session with `runner`, and finishes alone if the
 /// coordinator is lost after joining.
 pub async fn drive<R: TaskRunner>(

@@ -81,17 +81,12 @@ fn read_schema(args: &RunArgs) -> Result<Schema, String> {
 }
 
 fn progress(progress: Progress<'_>, total: usize) {
-    let event = match progress {
-        Progress::Connected => return,
-        Progress::Session(event) => event,
-        Progress::FinishingAlone { cause, rest } => {
-            eprintln!("task-sharding: error: {cause}");
-            eprintln!(
-                "task-sharding: warning: the coordinator is unavailable; running the {rest} tasks \
-                 not known to be finished here"
-            );
-            return;
-        }
+    if let Some(line) = progress.common_line("tasks", "client") {
+        eprintln!("{line}");
+        return;
+    }
+    let Progress::Session(event) = progress else {
+        return;
     };
     match event {
         Event::Joined(joined) => eprintln!(
@@ -118,12 +113,6 @@ fn progress(progress: Progress<'_>, total: usize) {
             "task-sharding: stopped {} task(s) finished elsewhere",
             ids.len()
         ),
-        Event::Reported(_) => {}
-        Event::Reconnecting(_) | Event::Rejoined(_) => {
-            eprintln!(
-                "{}",
-                event.connection_line("tasks", "client").unwrap_or_default()
-            )
-        }
+        Event::Reported(_) | Event::Reconnecting(_) | Event::Rejoined(_) => {}
     }
 }

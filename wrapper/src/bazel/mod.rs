@@ -281,18 +281,15 @@ fn labels(schema: &Schema) -> Vec<String> {
 
 /// Prints a progress line per event.
 fn progress(progress: Progress<'_>) {
-    let event = match progress {
-        Progress::Connected => return,
-        Progress::Session(event) => event,
-        Progress::FinishingAlone { cause, rest } => {
-            eprintln!("task-sharding: error: {cause}");
-            eprintln!(
-                "task-sharding: warning: the coordinator is unavailable; running the {rest} \
-                 targets not known to be finished here (the remote cache spares what other jobs \
-                 already ran)"
-            );
-            return;
+    if let Some(line) = progress.common_line("targets", "job") {
+        eprintln!("{line}");
+        if let Progress::FinishingAlone { .. } = progress {
+            eprintln!("task-sharding: the remote cache spares what the other jobs already ran");
         }
+        return;
+    }
+    let Progress::Session(event) = progress else {
+        return;
     };
     match event {
         Event::Joined(joined) => eprintln!(
@@ -323,13 +320,7 @@ fn progress(progress: Progress<'_>) {
             "task-sharding: stopped {} target(s) another job finished first",
             ids.len()
         ),
-        Event::Reported(_) => {}
-        Event::Reconnecting(_) | Event::Rejoined(_) => {
-            eprintln!(
-                "{}",
-                event.connection_line("targets", "job").unwrap_or_default()
-            )
-        }
+        Event::Reported(_) | Event::Reconnecting(_) | Event::Rejoined(_) => {}
     }
 }
 
