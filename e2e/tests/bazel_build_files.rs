@@ -16,15 +16,20 @@
 //! - each lib has a `rust_test(crate = <that rust_library>)`;
 //! - each integration test `tests/*.rs` is in the `srcs` of a
 //!   `rust_test_suite` (usually `glob(["tests/*.rs"])`) or of a `rust_test`;
-//! - a build script has a `cargo_build_script`;
+//! - a build script has a `cargo_build_script`, which the lib depends on;
+//! - every file a source reads at compile time (`include_str!` / `include_bytes!`, whose
+//!   argument must be a string literal so that it can be checked) is in the `compile_data` of
+//!   each rule whose `srcs` hold that source: Cargo sees the whole package directory, a Bazel
+//!   action only its declared inputs, so a missing one breaks only the Bazel build;
 //! - each dependency on another member is a label into that member's package:
 //!   normal ones in the `rust_library`'s deps, dev ones in the unit test's;
 //!
 //! and MODULE.bazel's `from_cargo` lists `//:Cargo.toml` and every member's
 //! `//<dir>:Cargo.toml`.
 //!
-//! Under Bazel (`TEST_SRCDIR` set) the sources and cargo are not available,
-//! so the test skips there; anywhere else, failing to run cargo is a failure.
+//! It needs cargo and the source tree, so it runs under Cargo only: e2e/BUILD.bazel marks its
+//! Bazel target incompatible (Bazel says so, naming the reason). Failing to run cargo is a
+//! failure.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -48,10 +53,21 @@ struct Member {
     tests: Vec<String>,
     /// Has a build script.
     build_script: bool,
+    /// Files the package's sources read at compile time.
+    compile_reads: Vec<CompileRead>,
     /// Directories of the members this one depends on (normal dependencies).
     member_deps: Vec<String>,
     /// Directories of the members this one dev-depends on.
     member_dev_deps: Vec<String>,
+}
+
+/// A file a source reads at compile time, or why that cannot be checked.
+#[derive(Debug, Clone, PartialEq)]
+struct CompileRead {
+    /// The reading source, relative to the member's directory.
+    source: String,
+    /// The file it reads, relative to the member's directory (`Err`: why it is not known).
+    read: Result<String, String>,
 }
 
 struct Workspace {
@@ -75,7 +91,11 @@ fn cargo_metadata(manifest_dir: &Path) -> Result<Workspace, String> {
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("cargo metadata printed invalid JSON: {e}"))?;
-    parse_metadata(&meta)
+    let mut ws = parse_metadata(&meta)?;
+    for m in &mut ws.members {
+        m.compile_reads = package_compile_reads(&ws.root.join(&m.dir))?;
+    }
+    Ok(ws)
 }
 
 fn parse_metadata(meta: &serde_json::Value) -> Result<Workspace, String> {
@@ -174,6 +194,196 @@ fn rel_slash(path: &Path, base: &Path) -> Result<String, String> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/"))
+}
+
+// ---------------------------------------------------------------------------
+// What Rust sources read at compile time
+// ---------------------------------------------------------------------------
+
+/// The compile-time reads of every `.rs` file under `dir` (a package directory), skipping
+/// output trees and nested packages.
+fn package_compile_reads(dir: &Path) -> Result<Vec<CompileRead>, String> {
+    let mut reads = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let abs = dir.join(&rel);
+        let entries = std::fs::read_dir(&abs).map_err(|e| format!("cannot read {abs:?}: {e}"))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = rel.join(&name);
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                let nested_package = entry.path().join("Cargo.toml").exists();
+                if !(name == "target" || name.starts_with('.') || nested_package) {
+                    pending.push(path);
+                }
+            } else if kind.is_file() && name.ends_with(".rs") {
+                let text = std::fs::read_to_string(entry.path())
+                    .map_err(|e| format!("cannot read {:?}: {e}", entry.path()))?;
+                let source = rel_slash(&path, Path::new(""))?;
+                for read in compile_time_reads(&text) {
+                    reads.push(CompileRead {
+                        read: read.and_then(|lit| resolve_relative(&source, &lit)),
+                        source: source.clone(),
+                    });
+                }
+            }
+        }
+    }
+    reads.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok(reads)
+}
+
+/// The arguments of the `include_str!` / `include_bytes!` calls in Rust source `text`
+/// (comments and string literals skipped); `Err` for an argument that is not a string literal.
+fn compile_time_reads(text: &str) -> Vec<Result<String, String>> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut reads = Vec::new();
+    let mut i = 0;
+    // The literal starting at `i` (a `"` or an `r`/`r#` raw-string prefix): its value and end.
+    let literal = |i: usize| -> Option<(String, usize)> {
+        let mut j = i;
+        let mut hashes = 0;
+        let raw = chars.get(j) == Some(&'r');
+        if raw {
+            j += 1;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+        }
+        if chars.get(j) != Some(&'"') {
+            return None;
+        }
+        j += 1;
+        let mut value = String::new();
+        while j < chars.len() {
+            let c = chars[j];
+            if !raw && c == '\\' {
+                value.extend(chars.get(j + 1));
+                j += 2;
+                continue;
+            }
+            if c == '"'
+                && chars[j + 1..]
+                    .iter()
+                    .take(hashes)
+                    .filter(|&&h| h == '#')
+                    .count()
+                    == hashes
+            {
+                return Some((value, j + 1 + hashes));
+            }
+            value.push(c);
+            j += 1;
+        }
+        Some((value, j))
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == '\'' {
+            // A char literal ('x', '\n') is skipped; a lifetime ('a) is not a literal.
+            if next == Some('\\') {
+                i += 2;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if chars.get(i + 2) == Some(&'\'') {
+                i += 3;
+            } else {
+                i += 1;
+            }
+        } else if let Some((_, end)) = (c == '"' || (c == 'r' && matches!(next, Some('"' | '#'))))
+            .then(|| literal(i))
+            .flatten()
+        {
+            i = end;
+        } else if c.is_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            if word != "include_str" && word != "include_bytes" {
+                continue;
+            }
+            let mut j = i;
+            let skip_ws = |j: &mut usize| {
+                while chars.get(*j).is_some_and(|c| c.is_whitespace()) {
+                    *j += 1;
+                }
+            };
+            skip_ws(&mut j);
+            if chars.get(j) != Some(&'!') {
+                continue;
+            }
+            j += 1;
+            skip_ws(&mut j);
+            if !matches!(chars.get(j), Some('(' | '[' | '{')) {
+                continue;
+            }
+            j += 1;
+            skip_ws(&mut j);
+            match literal(j) {
+                Some((value, end)) => {
+                    reads.push(Ok(value));
+                    i = end;
+                }
+                None => reads.push(Err(format!(
+                    "{word}! with an argument that is not a string literal"
+                ))),
+            }
+        } else {
+            i += 1;
+        }
+    }
+    reads
+}
+
+/// `lit` (a path relative to the directory of `source`, as `include_str!` resolves it),
+/// relative to the package directory; `Err` if it leaves the package.
+fn resolve_relative(source: &str, lit: &str) -> Result<String, String> {
+    if lit.starts_with('/') {
+        return Err(format!("reads the absolute path {lit}"));
+    }
+    let mut parts: Vec<&str> = source.split('/').collect();
+    parts.pop();
+    for part in lit.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("reads {lit}, outside its package"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 // ---------------------------------------------------------------------------
@@ -615,8 +825,56 @@ fn check_build_file(member: &Member, build: &str) -> Vec<String> {
         }
     }
 
-    if member.build_script && of_kind(&rules, "cargo_build_script").next().is_none() {
-        problem("the package has a build script but there is no cargo_build_script".into());
+    if member.build_script {
+        match of_kind(&rules, "cargo_build_script").next() {
+            None => {
+                problem("the package has a build script but there is no cargo_build_script".into())
+            }
+            Some(script) => {
+                let name = script.str_kwarg("name").unwrap_or_default();
+                for lib in &lib_rules {
+                    let deps = strings(lib.kwarg("deps").unwrap_or_default());
+                    if !deps
+                        .iter()
+                        .any(|d| local_target(d, &member.dir).as_deref() == Some(name))
+                    {
+                        problem(format!(
+                            "{}: deps lack the build script's {}",
+                            lib.display_name(),
+                            script.display_name()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Files read at compile time: declared by every rule that compiles the reading source.
+    for read in &member.compile_reads {
+        let file = match &read.read {
+            Ok(file) => file,
+            Err(why) => {
+                problem(format!(
+                    "{}: {why}; Bazel's inputs cannot be checked",
+                    read.source
+                ));
+                continue;
+            }
+        };
+        let compiling = rules.iter().filter(|r| {
+            ["srcs", "shared_srcs"]
+                .iter()
+                .any(|k| FileSet::of(r.kwarg(k).unwrap_or_default()).contains(&read.source))
+        });
+        for rule in compiling {
+            if !FileSet::of(rule.kwarg("compile_data").unwrap_or_default()).contains(file) {
+                problem(format!(
+                    "{}: compile_data lacks {file}, which {} reads at compile time",
+                    rule.display_name(),
+                    read.source
+                ));
+            }
+        }
     }
 
     // Dependencies on other members.
@@ -719,16 +977,7 @@ fn check_workspace(ws: &Workspace) -> Vec<String> {
 #[test]
 fn bazel_build_files_match_cargo_targets() {
     let manifest_dir = PathBuf::from(option_env!("CARGO_MANIFEST_DIR").unwrap_or("."));
-    let ws = match cargo_metadata(&manifest_dir) {
-        Ok(ws) => ws,
-        Err(e) if std::env::var_os("TEST_SRCDIR").is_some() => {
-            println!(
-                "SKIPPED: under Bazel (TEST_SRCDIR is set) and cargo metadata cannot run: {e}"
-            );
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let ws = cargo_metadata(&manifest_dir).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !ws.members.is_empty(),
         "cargo metadata listed no workspace members"
@@ -763,6 +1012,10 @@ fn sample_member() -> Member {
         bins: vec![("svc-cli".into(), "src/main.rs".into())],
         tests: vec!["tests/api.rs".into(), "tests/cli.rs".into()],
         build_script: false,
+        compile_reads: vec![CompileRead {
+            source: "src/flags.rs".into(),
+            read: Ok("src/flags.txt".into()),
+        }],
         member_deps: vec!["common".into()],
         member_dev_deps: vec!["other/server".into()],
     }
@@ -776,13 +1029,14 @@ load("@rules_rust//rust:defs.bzl", "rust_binary", "rust_library", "rust_test", "
 rust_library(
     name = "svc_lib",
     srcs = glob(["src/**/*.rs"], exclude = ["src/main.rs"]),
+    compile_data = ["src/flags.txt"],
     crate_name = "svc",
     deps = ["//common"] + all_crate_deps(normal = True),
 )
 
 rust_binary(
     name = "svc-cli",
-    srcs = glob(["src/**/*.rs"]),
+    srcs = ["src/main.rs"],
     crate_root = "src/main.rs",
     deps = [":svc_lib"],
 )
@@ -886,7 +1140,7 @@ rust_test_suite(
     assert_eq!(
         problems,
         vec![
-            "svc/BUILD.bazel: rust_test(name = \"svc_lib_unit_test\") (line 20): deps lack the \
+            "svc/BUILD.bazel: rust_test(name = \"svc_lib_unit_test\") (line 21): deps lack the \
              workspace member //other/server (a dev-dependency in Cargo.toml)"
                 .to_owned()
         ]
@@ -970,4 +1224,86 @@ fn scanner_handles_globs_labels_and_strings() {
     assert_eq!(found[0].str_kwarg("name"), Some("a)b"));
     assert!(FileSet::of(found[0].kwarg("srcs").unwrap()).contains("src/lib.rs"));
     assert!(calls("rust_library(name = \"a\"", true).is_err());
+}
+
+/// The bug this pins: wrapper/src/bazel/args.rs reads flags.txt with `include_str!`, the
+/// `rust_library` had no `compile_data`, and only `bazel build //...` noticed.
+#[test]
+fn regression_include_str_without_compile_data_is_reported() {
+    let no_data = GOOD_BUILD.replace("    compile_data = [\"src/flags.txt\"],\n", "");
+    assert_eq!(
+        check_build_file(&sample_member(), &no_data),
+        vec![
+            "svc/BUILD.bazel: rust_library(name = \"svc_lib\") (line 6): compile_data lacks \
+             src/flags.txt, which src/flags.rs reads at compile time"
+                .to_owned()
+        ]
+    );
+    // A binary whose srcs hold the reading source needs it too.
+    let bin_compiles_it = GOOD_BUILD.replace(
+        "    srcs = [\"src/main.rs\"],",
+        "    srcs = glob([\"src/**/*.rs\"]),",
+    );
+    let problems = check_build_file(&sample_member(), &bin_compiles_it);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].contains("rust_binary(name = \"svc-cli\")"));
+    // An argument the check cannot follow is a problem, not a silent pass.
+    let mut opaque = sample_member();
+    opaque.compile_reads[0].read =
+        Err("include_str! with an argument that is not a string literal".into());
+    let problems = check_build_file(&opaque, GOOD_BUILD);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+}
+
+#[test]
+fn checker_reports_a_build_script_the_lib_does_not_use() {
+    let mut member = sample_member();
+    member.build_script = true;
+    let problems = check_build_file(&member, GOOD_BUILD);
+    assert_eq!(
+        problems,
+        vec![
+            "svc/BUILD.bazel: the package has a build script but there is no cargo_build_script"
+                .to_owned()
+        ]
+    );
+    let with_script = format!(
+        "{GOOD_BUILD}\ncargo_build_script(\n    name = \"build_script\",\n    srcs = [\"build.rs\"],\n)\n"
+    );
+    let problems = check_build_file(&member, &with_script);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].contains("deps lack the build script's cargo_build_script"));
+    let used = with_script.replace(
+        "deps = [\"//common\"]",
+        "deps = [\"//common\", \":build_script\"]",
+    );
+    assert_eq!(check_build_file(&member, &used), Vec::<String>::new());
+}
+
+#[test]
+fn scanner_finds_compile_time_reads() {
+    let text = concat!(
+        "// include_str!(\"commented.txt\")\n",
+        "/* include_bytes!(\"block.bin\") /* nested */ */\n",
+        "const A: &str = include_str!(\"a.txt\");\n",
+        "const B: &[u8] = include_bytes! ( r#\"../data/b.bin\"# );\n",
+        "const S: &str = \"include_str!(\\\"in_a_string.txt\\\")\";\n",
+        "fn f<'a>(x: &'a str) -> char { let _ = x; '\"' }\n",
+        "const C: &str = include_str!(concat!(env!(\"OUT_DIR\"), \"/c.txt\"));\n",
+    );
+    let reads = compile_time_reads(text);
+    assert_eq!(reads.len(), 3, "{reads:#?}");
+    assert_eq!(reads[0], Ok("a.txt".to_owned()));
+    assert_eq!(reads[1], Ok("../data/b.bin".to_owned()));
+    assert!(reads[2].is_err());
+    assert_eq!(
+        resolve_relative("src/bazel/args.rs", "flags.txt").as_deref(),
+        Ok("src/bazel/flags.txt")
+    );
+    assert_eq!(
+        resolve_relative("src/schema.rs", "../examples/a.yaml").as_deref(),
+        Ok("examples/a.yaml")
+    );
+    assert!(resolve_relative("src/lib.rs", "../../x").is_err());
+    assert!(resolve_relative("src/lib.rs", "/etc/passwd").is_err());
 }
