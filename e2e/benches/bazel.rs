@@ -900,9 +900,7 @@ fn run() -> Result<()> {
 }
 
 fn main() {
-    let Some(_serial) = begin("bazel benchmark") else {
-        return;
-    };
+    let _serial = begin("bazel benchmark");
     // Everything started is stopped by the guards inside `run` (Bazel servers, nginx,
     // coordinators, jobs), on error and on panic alike, before the exit below.
     if let Err(e) = run() {

@@ -1,5 +1,6 @@
-//! The harness for the Bazel wrapper's end-to-end tests: a real Bazel (Debian's 4.2.3, through
-//! its launcher and `tools/bazel`), a real nginx remote cache and real coordinator processes.
+//! The harness for the Bazel wrapper's end-to-end tests: a real Bazel (Debian's 4.2.3 through its
+//! launcher, or the Bazel `E2E_BAZEL_REAL` names, e.g. 7.7.1; see [`bazel_under_test`]), the
+//! workspace's `tools/bazel`, a real nginx remote cache and real coordinator processes.
 //!
 //! Each job works in its own copy of `e2e/workspace` with its own `--output_user_root`, as CI jobs
 //! on different machines would; everything else on their command lines is identical. What ran is
@@ -27,8 +28,38 @@ use crate::{binary, lines, summary, Coordinator, Job};
 /// Debian's Bazel launcher: runs `<workspace>/tools/bazel` with `BAZEL_REAL` set.
 pub const LAUNCHER: &str = "/usr/bin/bazel";
 
-/// The real Bazel client the launcher finds.
+/// The real Bazel client the launcher finds (Debian's 4.2.3).
 pub const BAZEL_REAL: &str = "/usr/bin/bazel-4";
+
+/// Names the real Bazel client the tests run instead of Debian's 4.2.3 (e.g. the 7.7.1 kit's
+/// `bin/bazel`), so that CI runs the same suite against each Bazel version users run.
+pub const BAZEL_REAL_VAR: &str = "E2E_BAZEL_REAL";
+
+/// The Bazel the tests run, and how a user's CI job reaches it.
+#[derive(Debug)]
+pub struct BazelUnderTest {
+    /// The real Bazel client (`BAZEL_REAL` for `tools/bazel`).
+    pub real: PathBuf,
+    /// The launcher that finds `tools/bazel` and sets `BAZEL_REAL` itself (Debian's, for its
+    /// own Bazel). `None`: jobs run `tools/bazel` with `BAZEL_REAL` set, as bazelisk does and
+    /// as the Bazel 7 kit's users do (it has no launcher).
+    pub launcher: Option<PathBuf>,
+}
+
+/// `$E2E_BAZEL_REAL` through `tools/bazel`, else Debian's Bazel 4.2.3 through its launcher.
+pub fn bazel_under_test() -> &'static BazelUnderTest {
+    static BAZEL: OnceLock<BazelUnderTest> = OnceLock::new();
+    BAZEL.get_or_init(|| match std::env::var_os(BAZEL_REAL_VAR) {
+        Some(real) if !real.is_empty() => BazelUnderTest {
+            real: PathBuf::from(real),
+            launcher: None,
+        },
+        _ => BazelUnderTest {
+            real: PathBuf::from(BAZEL_REAL),
+            launcher: Some(PathBuf::from(LAUNCHER)),
+        },
+    })
+}
 
 /// The test targets `bazel test //...` runs in `e2e/workspace`, in label order.
 pub const TEST_TARGETS: [&str; 26] = [
@@ -78,16 +109,17 @@ fn env_script() -> PathBuf {
     repo_root().join("scripts/e2e-env.sh")
 }
 
-/// Call first in every Bazel test. Returns `None` (after saying why) when the test cannot run
-/// here: under Bazel itself (`TEST_SRCDIR` set), where a nested Bazel and nginx are out of
-/// reach. Otherwise makes sure Bazel and nginx are installed (`scripts/e2e-env.sh install`;
-/// panics if that fails) and returns a guard that keeps these tests from running concurrently,
-/// whatever `--test-threads` says: each starts several Bazel servers.
-pub fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if std::env::var_os("TEST_SRCDIR").is_some() {
-        eprintln!("skipping {test}: it runs Bazel itself, which is not possible under Bazel");
-        return None;
-    }
+/// Call first in every Bazel test. Makes sure Bazel and nginx are installed
+/// (`scripts/e2e-env.sh install`, and the Bazel `E2E_BAZEL_REAL` names exists; panics if not)
+/// and returns a guard that keeps these tests from running concurrently, whatever
+/// `--test-threads` says: each starts several Bazel servers. They run under Cargo only
+/// (e2e/BUILD.bazel makes their Bazel target incompatible): under Bazel (`TEST_SRCDIR` set) a
+/// nested Bazel and nginx are out of reach, and a test that did nothing must not pass.
+pub fn begin(test: &str) -> MutexGuard<'static, ()> {
+    assert!(
+        std::env::var_os("TEST_SRCDIR").is_none(),
+        "{test} runs Bazel itself and cannot run under Bazel: run it with cargo test"
+    );
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
         let output = Command::new(env_script())
@@ -107,17 +139,23 @@ pub fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
                 return Err(format!("{tool} is missing after `e2e-env.sh install`"));
             }
         }
+        let real = &bazel_under_test().real;
+        if !real.exists() {
+            return Err(format!(
+                "{BAZEL_REAL_VAR}={} does not exist (the Bazel 7 kit installs it: \
+                 ../shared/bazel7/setup.sh PREFIX, then PREFIX/bin/bazel)",
+                real.display()
+            ));
+        }
         Ok(())
     });
     if let Err(e) = installed {
         panic!("{test}: the Bazel test environment is not available: {e}");
     }
     static SERIAL: Mutex<()> = Mutex::new(());
-    Some(
-        SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    )
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A loopback TCP port nothing listens on right now.
@@ -274,7 +312,7 @@ impl Checkout {
         if self.server_pid().is_none() {
             return;
         }
-        let shutdown = Command::new(BAZEL_REAL)
+        let shutdown = Command::new(&bazel_under_test().real)
             .arg(self.startup_option())
             .arg("shutdown")
             .current_dir(&self.workspace)
@@ -465,6 +503,21 @@ impl BazelEnv {
             .args(args)
             .stdin(Stdio::null());
         command
+    }
+
+    /// [`BazelEnv::job_command`] for a `bazel` command run the way a user's CI job runs it: the
+    /// launcher (which finds `tools/bazel`), or `tools/bazel` with `BAZEL_REAL` set.
+    pub fn bazel_job(&self, checkout: &Checkout, client_id: &str, args: &[String]) -> Command {
+        let bazel = bazel_under_test();
+        match &bazel.launcher {
+            Some(launcher) => self.job_command(launcher, checkout, client_id, args),
+            None => {
+                let hook = checkout.workspace.join("tools/bazel");
+                let mut command = self.job_command(&hook, checkout, client_id, args);
+                command.env("BAZEL_REAL", &bazel.real);
+                command
+            }
+        }
     }
 
     /// How many times each target really executed, from the side file.

@@ -1,5 +1,6 @@
-//! The Bazel wrapper end to end: a real Bazel 4.2.3 (through Debian's launcher and the
-//! workspace's `tools/bazel`), a real nginx remote cache, a real coordinator, and several
+//! The Bazel wrapper end to end: a real Bazel (4.2.3 through Debian's launcher, or the one
+//! `E2E_BAZEL_REAL` names, e.g. 7.7.1, through `tools/bazel` with `BAZEL_REAL` set), the
+//! workspace's `tools/bazel`, a real nginx remote cache, a real coordinator, and several
 //! concurrent jobs, each with its own copy of `e2e/workspace` and its own output root.
 //!
 //! What ran is counted independently of the wrapper's summary: from the side file every test
@@ -14,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::bazel::{
-    begin, parse_summary, BazelEnv, Checkout, Finished, Running, Summary, FAILING_TEST, LAUNCHER,
-    MANUAL_TEST, TEST_TARGETS,
+    bazel_under_test, begin, parse_summary, BazelEnv, Checkout, Finished, Running, Summary,
+    FAILING_TEST, MANUAL_TEST, TEST_TARGETS,
 };
 use e2e::{binary, lines, wait_until, Coordinator};
 use nix::sys::signal::{killpg, Signal};
@@ -24,16 +25,12 @@ use nix::unistd::Pid;
 /// Longest a job may take before it counts as hung (not a performance bound).
 const LIMIT: Duration = Duration::from_secs(240);
 
-fn launcher() -> PathBuf {
-    PathBuf::from(LAUNCHER)
-}
-
 /// Starts `n` jobs, `job-1`..`job-n`, each in its own checkout, all with `args`.
 fn start_jobs(env: &BazelEnv, checkouts: &[Checkout], args: &[String]) -> Running {
     let mut running = Running::default();
     for (i, checkout) in checkouts.iter().enumerate() {
         let name = format!("job-{}", i + 1);
-        let command = env.job_command(&launcher(), checkout, &name, args);
+        let command = env.bazel_job(checkout, &name, args);
         running.spawn(&name, command).unwrap();
     }
     running
@@ -156,9 +153,7 @@ fn assert_sharded(jobs: &[Finished], why: &str) {
 
 #[test]
 fn three_jobs_share_bazel_test_and_agree() {
-    let Some(_serial) = begin("three_jobs_share_bazel_test_and_agree") else {
-        return;
-    };
+    let _serial = begin("three_jobs_share_bazel_test_and_agree");
     let started = Instant::now();
     let env = BazelEnv::start("three-jobs").unwrap();
     let checkouts = checkouts(3);
@@ -168,7 +163,7 @@ fn three_jobs_share_bazel_test_and_agree() {
     let step_summary = env.scratch_dir().join("step-summary.md");
     for (i, checkout) in checkouts.iter().enumerate() {
         let name = format!("job-{}", i + 1);
-        let mut command = env.job_command(&launcher(), checkout, &name, &args);
+        let mut command = env.bazel_job(checkout, &name, &args);
         if i == 0 {
             command.env("GITHUB_STEP_SUMMARY", &step_summary);
         }
@@ -251,9 +246,7 @@ fn three_jobs_share_bazel_test_and_agree() {
 
 #[test]
 fn filtered_failing_test_means_exit_0() {
-    let Some(_serial) = begin("filtered_failing_test_means_exit_0") else {
-        return;
-    };
+    let _serial = begin("filtered_failing_test_means_exit_0");
     let env = BazelEnv::start("filtered").unwrap();
     let checkouts = checkouts(3);
     let args = env.test_args(&["--test_tag_filters=-failing"]);
@@ -297,19 +290,14 @@ fn filtered_failing_test_means_exit_0() {
 
 #[test]
 fn a_killed_job_does_not_stop_the_others() {
-    let Some(_serial) = begin("a_killed_job_does_not_stop_the_others") else {
-        return;
-    };
+    let _serial = begin("a_killed_job_does_not_stop_the_others");
     let env = BazelEnv::start("killed").unwrap();
     let checkouts = checkouts(3);
     let args = env.test_args(&[]);
     let mut running = Running::default();
     // The victim starts first, so that it creates the session and is handed the first batch.
     running
-        .spawn(
-            "job-3",
-            env.job_command(&launcher(), &checkouts[2], "job-3", &args),
-        )
+        .spawn("job-3", env.bazel_job(&checkouts[2], "job-3", &args))
         .unwrap();
     let assigned = wait_until("job-3 is assigned targets", LIMIT, || {
         running
@@ -324,7 +312,7 @@ fn a_killed_job_does_not_stop_the_others() {
     for (i, checkout) in checkouts[..2].iter().enumerate() {
         let name = format!("job-{}", i + 1);
         running
-            .spawn(&name, env.job_command(&launcher(), checkout, &name, &args))
+            .spawn(&name, env.bazel_job(checkout, &name, &args))
             .unwrap();
     }
     // Kill job-3 and everything in its process group as soon as its tests run, mid-batch.
@@ -390,14 +378,12 @@ fn a_killed_job_does_not_stop_the_others() {
 
 #[test]
 fn coordinator_down_means_plain_bazel() {
-    let Some(_serial) = begin("coordinator_down_means_plain_bazel") else {
-        return;
-    };
+    let _serial = begin("coordinator_down_means_plain_bazel");
     let env = BazelEnv::with_coordinator_down("down").unwrap();
     let checkout = Checkout::new("alone").unwrap();
     let args = env.test_args(&[]);
     let command = |required: bool| {
-        let mut command = env.job_command(&launcher(), &checkout, "job-1", &args);
+        let mut command = env.bazel_job(&checkout, "job-1", &args);
         command.env("TASK_SHARDING_CONNECT_TIMEOUT", "1s");
         if required {
             command.env("TASK_SHARDING_REQUIRED", "1");
@@ -470,15 +456,18 @@ fn logging_shim(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn other_commands_pass_through_untouched() {
-    let Some(_serial) = begin("other_commands_pass_through_untouched") else {
-        return;
-    };
+    let _serial = begin("other_commands_pass_through_untouched");
     let env = BazelEnv::start("passthrough").unwrap();
     let checkout = Checkout::new("passthrough").unwrap();
     let (shim, shim_log) = logging_shim(env.scratch_dir());
-    let run = |program: &Path, args: &[&str]| {
+    // Through tools/bazel (and the wrapper), or straight to the real Bazel.
+    let run = |wrapped: bool, args: &[&str]| {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut command = env.job_command(program, &checkout, "job-1", &args);
+        let mut command = if wrapped {
+            env.bazel_job(&checkout, "job-1", &args)
+        } else {
+            env.job_command(&bazel_under_test().real, &checkout, "job-1", &args)
+        };
         command.env("TASK_SHARDING_BIN", &shim);
         let output = command.output().unwrap();
         (
@@ -495,8 +484,8 @@ fn other_commands_pass_through_untouched() {
         (&["query", "deps(("], None),
     ];
     for (args, want) in cases {
-        let (wrapped_code, wrapped_out, wrapped_err) = run(&launcher(), args);
-        let (direct_code, direct_out, direct_err) = run(Path::new(e2e::bazel::BAZEL_REAL), args);
+        let (wrapped_code, wrapped_out, wrapped_err) = run(true, args);
+        let (direct_code, direct_out, direct_err) = run(false, args);
         let why = format!(
             "\n`bazel {}`\n--- through tools/bazel: {wrapped_code:?}\n{wrapped_out}\n{}\n--- \
              direct: {direct_code:?}\n{direct_out}\n{}",
@@ -521,9 +510,9 @@ fn other_commands_pass_through_untouched() {
     }
     assert_eq!(lines(&shim_log).len(), cases.len());
     // Sanity: the outputs compared were real.
-    let (_, workspace, _) = run(&launcher(), &["info", "workspace"]);
+    let (_, workspace, _) = run(true, &["info", "workspace"]);
     assert_eq!(Path::new(workspace.trim()), checkout.workspace);
-    let (_, targets, _) = run(&launcher(), &["query", "//..."]);
+    let (_, targets, _) = run(true, &["query", "//..."]);
     assert!(targets.lines().any(|l| l == MANUAL_TEST), "{targets}");
     // Nothing but `test` talks to the coordinator.
     let coordinator: &Coordinator = env.coordinator.as_ref().unwrap();
@@ -575,16 +564,9 @@ fn bazelisk() -> Result<PathBuf, String> {
 
 #[test]
 fn bazelisk_and_launcher_jobs_share_a_session() {
-    let Some(_serial) = begin("bazelisk_and_launcher_jobs_share_a_session") else {
-        return;
-    };
-    let bazelisk = match bazelisk() {
-        Ok(bin) => bin,
-        Err(why) => {
-            eprintln!("skipping bazelisk_and_launcher_jobs_share_a_session: {why}");
-            return;
-        }
-    };
+    let _serial = begin("bazelisk_and_launcher_jobs_share_a_session");
+    // No bazelisk is a failure: a test that did nothing must not pass.
+    let bazelisk = bazelisk().unwrap_or_else(|why| panic!("bazelisk is not available: {why}"));
     let env = BazelEnv::start("bazelisk").unwrap();
     let checkouts = checkouts(2);
     let args = env.test_args(&[]);
@@ -592,14 +574,11 @@ fn bazelisk_and_launcher_jobs_share_a_session() {
     let mut running = Running::default();
     let mut via_bazelisk = env.job_command(&bazelisk, &checkouts[0], "job-1", &args);
     via_bazelisk
-        .env("USE_BAZEL_VERSION", e2e::bazel::BAZEL_REAL)
+        .env("USE_BAZEL_VERSION", &bazel_under_test().real)
         .env("BAZELISK_HOME", &bazelisk_home);
     running.spawn("job-1", via_bazelisk).unwrap();
     running
-        .spawn(
-            "job-2",
-            env.job_command(&launcher(), &checkouts[1], "job-2", &args),
-        )
+        .spawn("job-2", env.bazel_job(&checkouts[1], "job-2", &args))
         .unwrap();
     let jobs = running.wait_all(LIMIT).unwrap();
     let why = format!("\n{}", report(&env, &jobs));
@@ -639,19 +618,14 @@ fn build_event_counting_ignores_cache_hits() {
 
 #[test]
 fn an_interrupted_job_exits_8_and_hands_its_targets_back() {
-    let Some(_serial) = begin("an_interrupted_job_exits_8_and_hands_its_targets_back") else {
-        return;
-    };
+    let _serial = begin("an_interrupted_job_exits_8_and_hands_its_targets_back");
     let env = BazelEnv::start("interrupted").unwrap();
     let checkouts = checkouts(2);
     let args = env.test_args(&[]);
     let mut running = Running::default();
     // job-1 starts alone, so it creates the session and takes the first batch.
     running
-        .spawn(
-            "job-1",
-            env.job_command(&launcher(), &checkouts[0], "job-1", &args),
-        )
+        .spawn("job-1", env.bazel_job(&checkouts[0], "job-1", &args))
         .unwrap();
     let side_file = env.side_file();
     wait_until("job-1 runs its first tests", LIMIT, || {
@@ -659,10 +633,7 @@ fn an_interrupted_job_exits_8_and_hands_its_targets_back() {
     })
     .unwrap();
     running
-        .spawn(
-            "job-2",
-            env.job_command(&launcher(), &checkouts[1], "job-2", &args),
-        )
+        .spawn("job-2", env.bazel_job(&checkouts[1], "job-2", &args))
         .unwrap();
     wait_until("job-2 has joined", LIMIT, || {
         running.get("job-2").read("stderr").contains("the session")
@@ -703,16 +674,14 @@ fn an_interrupted_job_exits_8_and_hands_its_targets_back() {
 
 #[test]
 fn a_lost_coordinator_leaves_each_job_to_finish_alone() {
-    let Some(_serial) = begin("a_lost_coordinator_leaves_each_job_to_finish_alone") else {
-        return;
-    };
+    let _serial = begin("a_lost_coordinator_leaves_each_job_to_finish_alone");
     let mut env = BazelEnv::start("lost").unwrap();
     let checkouts = checkouts(2);
     let args = env.test_args(&[]);
     let mut running = Running::default();
     for (i, checkout) in checkouts.iter().enumerate() {
         let name = format!("job-{}", i + 1);
-        let mut command = env.job_command(&launcher(), checkout, &name, &args);
+        let mut command = env.bazel_job(checkout, &name, &args);
         command.env("TASK_SHARDING_GRACE", "2s");
         running.spawn(&name, command).unwrap();
     }
