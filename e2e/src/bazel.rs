@@ -437,8 +437,19 @@ impl BazelEnv {
         })
     }
 
+    /// Not under `/tmp`: Bazel 7's sandbox gives every test a private `/tmp`
+    /// (`--incompatible_sandbox_hermetic_tmp`), where the side file's lines would vanish.
     fn scratch() -> Result<tempfile::TempDir> {
-        let scratch = tempfile::Builder::new().prefix("e2e-bazel-").tempdir()?;
+        // target/debug/task-sharding -> target/e2e-bazel
+        let parent = binary("task-sharding")
+            .parent()
+            .and_then(Path::parent)
+            .context("no target directory")?
+            .join("e2e-bazel");
+        std::fs::create_dir_all(&parent)?;
+        let scratch = tempfile::Builder::new()
+            .prefix("e2e-bazel-")
+            .tempdir_in(&parent)?;
         std::fs::create_dir_all(scratch.path().join("side"))?;
         std::fs::create_dir_all(scratch.path().join("bep"))?;
         Ok(scratch)
