@@ -622,6 +622,18 @@ fn an_interrupted_job_exits_8_and_hands_its_targets_back() {
     let env = BazelEnv::start("interrupted").unwrap();
     let checkouts = checkouts(2);
     let args = env.test_args(&[]);
+    // job-2's Bazel server is started (and the workspace built) first, so that job-2 joins while
+    // job-1 still has work: a cold Bazel 7 server takes longer to start than job-1's whole run.
+    let warm = ["build".to_string(), "//...".to_string()];
+    let warmed = env
+        .job_command(&bazel_under_test().real, &checkouts[1], "warm-up", &warm)
+        .output()
+        .unwrap();
+    assert!(
+        warmed.status.success(),
+        "warming job-2's Bazel up: {}",
+        String::from_utf8_lossy(&warmed.stderr)
+    );
     let mut running = Running::default();
     // job-1 starts alone, so it creates the session and takes the first batch.
     running
@@ -639,6 +651,11 @@ fn an_interrupted_job_exits_8_and_hands_its_targets_back() {
         running.get("job-2").read("stderr").contains("the session")
     })
     .unwrap();
+    assert!(
+        !running.has_exited("job-1"),
+        "job-1 finished before it could be interrupted:\n{}",
+        running.get("job-1").read("stderr")
+    );
     // The launcher and tools/bazel exec, so the job's pid is task-sharding's: SIGTERM it as CI
     // does when a job is cancelled.
     let group = running.get("job-1").child.id() as i32;
