@@ -327,3 +327,72 @@ fn empty_settings_count_as_unset() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+/// Issue 12: every job writes the whole session's results as JUnit XML — every task once,
+/// with its outcome and the job that ran it, whichever job's file the CI system reads.
+#[test]
+fn every_job_writes_the_whole_session_as_junit() {
+    use quick_junit::{NonSuccessKind, Report, TestCaseStatus};
+
+    let coordinator = Coordinator::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks: Vec<String> = (0..8).map(|i| format!("t{i:02}")).collect();
+    tasks.push("fail-me".into());
+    let schema = write_schema(dir.path(), "junit", &tasks).unwrap();
+    let command = task_command(dir.path(), "0.05");
+    let jobs: Vec<Job> = (1..=3)
+        .map(|i| {
+            let name = format!("job-{i}");
+            let mut cmd = coordinator.run_command("run-1", &name, &schema, &command);
+            cmd.env(
+                "TASK_SHARDING_JUNIT",
+                dir.path().join(format!("{name}.xml")),
+            );
+            Job::spawn(&name, cmd).unwrap()
+        })
+        .collect();
+    for job in jobs {
+        assert_eq!(job.wait(LIMIT).unwrap().status.code(), Some(1));
+    }
+    let ran_by: HashMap<String, String> = lines(&dir.path().join("done"))
+        .iter()
+        .map(|l| {
+            let (task, client) = l.split_once(' ').unwrap();
+            (task.to_string(), client.to_string())
+        })
+        .collect();
+    for i in 1..=3 {
+        let xml = std::fs::read_to_string(dir.path().join(format!("job-{i}.xml"))).unwrap();
+        let report = Report::deserialize_from_str(&xml).unwrap();
+        assert_eq!((report.tests, report.failures), (9, 1), "job-{i}: {xml}");
+        let cases: Vec<_> = report
+            .test_suites
+            .iter()
+            .flat_map(|s| &s.test_cases)
+            .collect();
+        let mut names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        let mut expected: Vec<&str> = tasks.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(names, expected, "every task once");
+        for case in cases {
+            let job = case
+                .properties
+                .iter()
+                .find(|p| p.name.as_str() == "job")
+                .map(|p| p.value.as_str());
+            if case.name.as_str() == "fail-me" {
+                assert!(matches!(
+                    case.status,
+                    TestCaseStatus::NonSuccess {
+                        kind: NonSuccessKind::Failure,
+                        ..
+                    }
+                ));
+            } else {
+                assert!(matches!(case.status, TestCaseStatus::Success { .. }));
+                assert_eq!(job, ran_by.get(case.name.as_str()).map(String::as_str));
+            }
+        }
+    }
+}

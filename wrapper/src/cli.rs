@@ -71,6 +71,11 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_batch: u32,
 
+    /// Also write the whole session's results (every job's, not only this one's) to FILE as
+    /// JUnit XML, for CI systems that read test reports.
+    #[arg(long, value_name = "FILE", env = "TASK_SHARDING_JUNIT")]
+    pub(crate) junit: Option<PathBuf>,
+
     /// How to reach the coordinator.
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,

@@ -108,6 +108,19 @@ pub fn write(
     })
 }
 
+/// Writes the report to `path` when one is given (`TASK_SHARDING_JUNIT`); a failure to write
+/// is a warning, never a change of verdict.
+pub fn write_if_asked(path: Option<&Path>, schema: &Schema, session: &SessionReport) {
+    let Some(path) = path else { return };
+    if let Err(e) = write(path, &schema.name, schema, session) {
+        let causes: Vec<String> =
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        eprintln!("task-sharding: warning: {}", causes.join(": "));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

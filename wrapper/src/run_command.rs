@@ -44,7 +44,10 @@ pub(crate) async fn run(args: RunArgs) -> u8 {
     })
     .await
     {
-        Outcome::Complete(report) | Outcome::Alone { report, .. } => verdict(&schema, &report),
+        Outcome::Complete(report) | Outcome::Alone { report, .. } => {
+            crate::junit::write_if_asked(args.junit.as_deref(), &schema, &report);
+            verdict(&schema, &report)
+        }
         Outcome::Interrupted { alone } => {
             eprintln!(
                 "task-sharding: interrupted; {}",

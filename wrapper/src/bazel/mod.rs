@@ -327,6 +327,8 @@ fn progress(progress: Progress<'_>) {
 /// Prints the session's summary (and a Markdown table for GitHub), returns its exit code.
 fn finish(schema: &Schema, report: &SessionReport) -> i32 {
     print!("{}", summary::render(schema, report));
+    let junit = std::env::var_os("TASK_SHARDING_JUNIT").filter(|v| !v.is_empty());
+    crate::junit::write_if_asked(junit.as_deref().map(std::path::Path::new), schema, report);
     if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         let markdown = summary::markdown(schema, report);
         let written = std::fs::OpenOptions::new()
