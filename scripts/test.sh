@@ -28,8 +28,8 @@ scripts/lint-bazel.sh
 step "build the binaries the end-to-end tests start"
 cargo build --workspace --bins --examples --quiet
 
-step "cargo test --workspace"
-cargo test --workspace
+step "cargo test --workspace (the coordinator's property test with 1,000 cases)"
+PROPTEST_CASES=1000 cargo test --workspace
 
 step "Bazel 7.7.1 kit: ../shared/bazel7/setup.sh"
 kit="$PWD/../shared/bazel7"
