@@ -6,7 +6,7 @@
 //! ([`Estimates::take_changes`]) outside the state's lock, as it does the sessions' journal. So
 //! no decision waits on a disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use schemas::Task;
 
@@ -25,8 +25,8 @@ pub fn blend(previous: Option<u64>, measured: u64) -> u64 {
 pub struct Estimates {
     /// Estimates by scope, then task text.
     by_scope: HashMap<String, HashMap<String, u64>>,
-    /// Changed since the last [`Estimates::take_changes`]: (scope, task) to write.
-    changed: Vec<(String, String)>,
+    /// Changed since the last [`Estimates::take_changes`]: (scope, task) to write, each once.
+    changed: BTreeSet<(String, String)>,
 }
 
 /// Estimates to write: (scope, task text, milliseconds).
@@ -60,17 +60,12 @@ impl Estimates {
         let tasks = self.by_scope.entry(scope.to_string()).or_default();
         let previous = tasks.get(task).copied();
         tasks.insert(task.to_string(), blend(previous, duration_ms));
-        if previous.is_none() || !self.changed.iter().any(|(s, t)| s == scope && t == task) {
-            self.changed.push((scope.to_string(), task.to_string()));
-        }
+        self.changed.insert((scope.to_string(), task.to_string()));
     }
 
     /// What changed since the last call, each estimate once, for the store.
     pub fn take_changes(&mut self) -> HistoryChanges {
-        let mut changed = std::mem::take(&mut self.changed);
-        changed.sort();
-        changed.dedup();
-        changed
+        std::mem::take(&mut self.changed)
             .into_iter()
             .filter_map(|(scope, task)| {
                 let ms = *self.by_scope.get(&scope)?.get(&task)?;
