@@ -37,9 +37,11 @@ use serde::{Deserialize, Serialize};
 use crate::schema::{Schema, SchemaDigest};
 
 /// The version of this protocol. Bump it on any change to the messages' encoding.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// The TLS application protocol (ALPN) that names this protocol and its version.
+/// The TLS application protocol (ALPN) that names this protocol. It stays the same across
+/// [`PROTOCOL_VERSION`]s from 2 on, so that a peer of another version gets through TLS and is
+/// refused by the hello in words rather than by a handshake failure.
 pub const ALPN: &[u8] = b"task-sharding/2";
 
 /// A task's index in its session's schema.

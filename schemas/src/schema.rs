@@ -54,12 +54,38 @@ struct SchemaFile {
 pub struct Task {
     /// The task's text, unique within its schema.
     pub task: String,
+    /// How costly the task is expected to be beside the others when it has no timing history
+    /// (a prior): a task of weight 4 is expected to take four times as long as one of weight 1,
+    /// the default. The Bazel runner derives it from a test's `size`; history, once there is
+    /// some, always wins. At most [`MAX_WEIGHT`].
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
+/// The largest weight a task may have: enough for any prior, small enough that weighted sums
+/// of durations cannot overflow.
+pub const MAX_WEIGHT: u32 = 1000;
+
 impl Task {
-    /// A task with the given text.
+    /// A task with the given text and no weight.
     pub fn new(text: impl Into<String>) -> Self {
-        Task { task: text.into() }
+        Task {
+            task: text.into(),
+            weight: None,
+        }
+    }
+
+    /// A task with the given text and weight.
+    pub fn weighted(text: impl Into<String>, weight: u32) -> Self {
+        Task {
+            task: text.into(),
+            weight: Some(weight),
+        }
+    }
+
+    /// The weight, 1 when none was given.
+    pub fn weight_or_one(&self) -> u32 {
+        self.weight.unwrap_or(1)
     }
 }
 
@@ -100,7 +126,30 @@ impl Schema {
 
     /// The YAML form, as `from_yaml` reads it back.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("a schema always serializes")
+        /// The YAML form for writing: a task without a weight is written without one.
+        #[derive(Serialize)]
+        struct YamlTask<'a> {
+            task: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            weight: Option<u32>,
+        }
+        #[derive(Serialize)]
+        struct YamlSchema<'a> {
+            name: &'a str,
+            tasks: Vec<YamlTask<'a>>,
+        }
+        let yaml = YamlSchema {
+            name: &self.name,
+            tasks: self
+                .tasks
+                .iter()
+                .map(|t| YamlTask {
+                    task: &t.task,
+                    weight: t.weight,
+                })
+                .collect(),
+        };
+        serde_yaml::to_string(&yaml).expect("a schema always serializes")
     }
 
     /// Checks the rules that the YAML shape alone does not: a non-empty name, unique tasks of
@@ -127,6 +176,13 @@ impl Schema {
             check_task_text(&task.task).map_err(|why| {
                 SchemaError::Invalid(format!("task #{} ({:?}): {why}", index + 1, task.task))
             })?;
+            if let Some(weight) = task.weight.filter(|w| !(1..=MAX_WEIGHT).contains(w)) {
+                return Err(SchemaError::Invalid(format!(
+                    "task #{} ({:?}): weight {weight} is outside 1..={MAX_WEIGHT}",
+                    index + 1,
+                    task.task
+                )));
+            }
             if let Some(first) = seen.insert(&task.task, index) {
                 return Err(SchemaError::Invalid(format!(
                     "duplicate task {:?}: listed as task #{} and task #{}",
@@ -147,6 +203,21 @@ impl Schema {
         for field in std::iter::once(&self.name).chain(self.tasks.iter().map(|t| &t.task)) {
             hasher.update((field.len() as u64).to_le_bytes());
             hasher.update(field.as_bytes());
+        }
+        // Weights, only where given, so that unweighted schemas keep their digests. A field
+        // length is at most MAX_TASK_LEN, so `u64::MAX` cannot be mistaken for one.
+        let mut weights = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i as u64, t.weight?)))
+            .peekable();
+        if weights.peek().is_some() {
+            hasher.update(u64::MAX.to_le_bytes());
+            for (index, weight) in weights {
+                hasher.update(index.to_le_bytes());
+                hasher.update(u64::from(weight).to_le_bytes());
+            }
         }
         SchemaDigest(hasher.finalize().into())
     }
@@ -204,7 +275,7 @@ fn unique_tasks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Task>,
         fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Task, D::Error> {
             // Checking inside the visitor, while the element is being read, is what gets the
             // error the element's position.
-            deserializer.deserialize_struct("Task", &["task"], self)
+            deserializer.deserialize_struct("Task", &["task", "weight"], self)
         }
     }
 
@@ -362,6 +433,41 @@ mod tests {
             assert!(Schema::new(bad, ["a"]).is_err(), "{bad:?}");
         }
         assert!(Schema::new("x", ["//pkg:ünïcode-tést"]).is_ok());
+    }
+
+    #[test]
+    fn weights_parse_round_trip_and_are_checked() {
+        let schema =
+            Schema::from_yaml("name: w\ntasks:\n  - task: a\n    weight: 4\n  - task: b\n")
+                .unwrap();
+        assert_eq!(schema.tasks, [Task::weighted("a", 4), Task::new("b")]);
+        assert_eq!(schema.tasks[1].weight_or_one(), 1);
+        // Written back without a `weight` where there is none.
+        let yaml = schema.to_yaml();
+        assert_eq!(yaml.matches("weight").count(), 1, "{yaml}");
+        assert_eq!(Schema::from_yaml(&yaml).unwrap(), schema);
+        for bad in ["0", "1001"] {
+            let error = Schema::from_yaml(&format!(
+                "name: w\ntasks:\n  - task: a\n    weight: {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(&format!("weight {bad} is outside 1..=1000")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_change_the_digest_only_where_given() {
+        let plain = Schema::new("x", ["a", "b"]).unwrap();
+        let mut weighted = plain.clone();
+        weighted.tasks[1].weight = Some(2);
+        assert_ne!(plain.digest(), weighted.digest());
+        let mut other = plain.clone();
+        other.tasks[0].weight = Some(2);
+        assert_ne!(weighted.digest(), other.digest());
     }
 
     #[test]

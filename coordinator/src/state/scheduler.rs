@@ -27,18 +27,34 @@ pub enum Batching {
     Guided,
 }
 
-/// Expected durations for every task: its history where known, else the median of the known
-/// ones, else `default_ms`. Returns the estimates and how many were known.
-pub fn fill_estimates(known: &[Option<u64>], default_ms: u64) -> (Vec<u64>, usize) {
-    let mut sorted: Vec<u64> = known.iter().flatten().copied().collect();
-    sorted.sort_unstable();
-    let fallback = if sorted.is_empty() {
+/// Expected durations for every task: its history where known, else its weight times what a
+/// task of weight 1 is expected to take — the median of the known tasks' durations per unit of
+/// weight, else `default_ms`. Weights are priors (e.g. from a Bazel test's `size`): calibrating
+/// them against the known durations keeps new tasks comparable to those with history.
+///
+/// Returns the estimates, how many were known, and the expectation per unit of weight.
+pub fn fill_estimates(
+    known: &[Option<u64>],
+    weights: &[u32],
+    default_ms: u64,
+) -> (Vec<u64>, usize, u64) {
+    let mut per_unit: Vec<u64> = known
+        .iter()
+        .zip(weights)
+        .filter_map(|(k, &w)| k.map(|ms| ms / u64::from(w.max(1))))
+        .collect();
+    per_unit.sort_unstable();
+    let unit = if per_unit.is_empty() {
         default_ms
     } else {
-        sorted[sorted.len() / 2]
+        per_unit[per_unit.len() / 2]
     };
-    let estimates = known.iter().map(|k| k.unwrap_or(fallback)).collect();
-    (estimates, sorted.len())
+    let estimates = known
+        .iter()
+        .zip(weights)
+        .map(|(k, &w)| k.unwrap_or(unit * u64::from(w.max(1))))
+        .collect();
+    (estimates, per_unit.len(), unit)
 }
 
 /// The initial queue: task ids in the given order. Ties keep the schema's order.
@@ -117,10 +133,35 @@ mod tests {
 
     #[test]
     fn unknown_tasks_get_the_median_of_the_known_ones() {
-        let (estimates, known) = fill_estimates(&[Some(10), None, Some(30), Some(20), None], 999);
+        let known = [Some(10), None, Some(30), Some(20), None];
+        let (estimates, count, unit) = fill_estimates(&known, &[1; 5], 999);
         assert_eq!(estimates, [10, 20, 30, 20, 20]);
-        assert_eq!(known, 3);
-        assert_eq!(fill_estimates(&[None, None], 999).0, [999, 999]);
+        assert_eq!((count, unit), (3, 20));
+        assert_eq!(fill_estimates(&[None, None], &[1, 1], 999).0, [999, 999]);
+    }
+
+    #[test]
+    fn priors_order_a_cold_queue() {
+        // No history: a weight-4 task (a Bazel `large` test) is expected to take four times a
+        // weight-1 one, so longest-first puts the heavy ones at the head, in listed order.
+        let weights = [1, 4, 1, 2, 4, 1];
+        let (estimates, count, _) = fill_estimates(&[None; 6], &weights, 1000);
+        assert_eq!(count, 0);
+        assert_eq!(estimates, [1000, 4000, 1000, 2000, 4000, 1000]);
+        assert_eq!(
+            initial_queue(&estimates, Order::LongestFirst),
+            [1, 4, 3, 0, 2, 5]
+        );
+    }
+
+    #[test]
+    fn priors_are_calibrated_against_the_history() {
+        // Known: 300 ms at weight 1, 800 ms at weight 4 (200 per unit): the unit is the median
+        // per-unit duration (of 300 and 200, the upper: 300); an unknown weight-2 task expects 600.
+        let (estimates, count, unit) =
+            fill_estimates(&[Some(300), Some(800), None], &[1, 4, 2], 1000);
+        assert_eq!((count, unit), (2, 300));
+        assert_eq!(estimates, [300, 800, 600]);
     }
 
     #[test]

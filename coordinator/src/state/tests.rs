@@ -1051,3 +1051,29 @@ fn forgotten_sessions_are_remembered_for_the_store_only_when_there_is_one() {
     world.coordinator.tick(world.now);
     assert!(world.coordinator.journal().cleared.contains("k"));
 }
+
+/// Issue 11: without history, priors (a Bazel test's `size` as a weight) decide the cold
+/// queue's order, so the heaviest tasks start first and on different jobs instead of landing
+/// in one job's batch.
+#[test]
+fn priors_spread_the_heaviest_tasks_of_a_cold_session_over_the_jobs() {
+    let weights = [1, 1, 4, 1, 2, 4, 1, 1, 2, 1, 4, 1];
+    let mut schema = schema("s", weights.len());
+    for (task, weight) in schema.tasks.iter_mut().zip(weights) {
+        task.weight = Some(weight);
+    }
+    let mut world = World::new(Policy::default());
+    for conn in 1..=3 {
+        world.join(conn, "cold", &schema);
+    }
+    let heavy: Vec<TaskId> = vec![2, 5, 10];
+    let firsts: Vec<Vec<TaskId>> = (1..=3)
+        .map(|conn| assignment(&world.request_with_overhead(conn, 10, 2000), conn).unwrap())
+        .collect();
+    for (first, &heavy) in firsts.iter().zip(&heavy) {
+        assert_eq!(first, &[heavy], "first batches: {firsts:?}");
+    }
+    // The weight-2 tasks come next, before the weight-1 ones.
+    let next = assignment(&world.request_with_overhead(1, 1, 2000), 1).unwrap();
+    assert_eq!(next, [4]);
+}

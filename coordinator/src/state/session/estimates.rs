@@ -4,13 +4,18 @@
 use super::*;
 
 impl Session {
-    /// A task's expected duration: its history, else the mean of what ran in this session so
-    /// far, else the initial stand-in.
+    /// A task's expected duration: its history, else its weight times what a unit of weight
+    /// took in this session so far, else times the initial stand-in.
     pub(super) fn expected(&self, task: usize) -> u64 {
-        self.known[task].unwrap_or_else(|| self.stand_in())
+        self.known[task].unwrap_or_else(|| self.weight(task) * self.stand_in())
     }
 
-    /// What an unknown task is expected to take now.
+    /// A task's weight (its prior; 1 unless the schema gave one).
+    pub(super) fn weight(&self, task: usize) -> u64 {
+        u64::from(self.schema.tasks[task].weight_or_one())
+    }
+
+    /// What an unknown task of weight 1 is expected to take now.
     pub(super) fn stand_in(&self) -> u64 {
         match self.observed {
             (sum, count) if count > 0 => sum / count,
@@ -21,13 +26,15 @@ impl Session {
     /// The longest any task of the session is expected to take.
     pub(super) fn longest_expected(&self) -> u64 {
         if self.queued.1 > 0 {
-            self.longest_seen.max(self.stand_in())
+            self.longest_seen
+                .max(self.heaviest_unknown * self.stand_in())
         } else {
             self.longest_seen
         }
     }
 
-    /// The expected work in the queue, in milliseconds.
+    /// The expected work in the queue, in milliseconds (`queued` holds the known durations and
+    /// the unknown tasks' weights).
     pub(super) fn queued_work_ms(&self) -> u64 {
         self.queued.0 + self.queued.1 * self.stand_in()
     }
@@ -36,7 +43,7 @@ impl Session {
     pub(super) fn add_queued(&mut self, task: TaskId, sign: i8) {
         let (known, unknown) = match self.known[task as usize] {
             Some(ms) => (ms, 0),
-            None => (0, 1),
+            None => (0, self.weight(task as usize)),
         };
         if sign > 0 {
             self.queued.0 += known;

@@ -111,11 +111,13 @@ pub(crate) struct Session {
     scheduling: Scheduling,
     /// Each task's duration from its history, in milliseconds; `None` where unknown.
     known: Vec<Option<u64>>,
-    /// What an unknown task is expected to take before anything ran: the median of the known
-    /// ones, else a default.
+    /// What an unknown task of weight 1 is expected to take before anything ran: the median
+    /// per unit of weight of the known ones, else a default.
     initial_stand_in: u64,
-    /// Sum and count of the durations executed in this session; their mean is what an unknown
-    /// task is expected to take once there is one.
+    /// The largest weight of a task without history (1 when there is none).
+    heaviest_unknown: u64,
+    /// Sum of the durations executed in this session and of those tasks' weights; their
+    /// quotient is what an unknown task of weight 1 is expected to take once there is one.
     observed: (u64, u64),
     /// The longest duration known from history or executed in this session so far.
     longest_seen: u64,
@@ -179,12 +181,17 @@ impl Session {
         now: Instant,
     ) -> Self {
         let count = schema.tasks.len();
-        let (estimates, known_count) = scheduler::fill_estimates(known, DEFAULT_ESTIMATE_MS);
+        let weights: Vec<u32> = schema.tasks.iter().map(|t| t.weight_or_one()).collect();
+        let (estimates, known_count, initial_stand_in) =
+            scheduler::fill_estimates(known, &weights, DEFAULT_ESTIMATE_MS);
         let queue = scheduler::initial_queue(&estimates, scheduling.order);
-        let initial_stand_in = match known.iter().position(Option::is_none) {
-            Some(unknown) => estimates[unknown],
-            None => DEFAULT_ESTIMATE_MS,
-        };
+        let heaviest_unknown = known
+            .iter()
+            .zip(&weights)
+            .filter(|(k, _)| k.is_none())
+            .map(|(_, &w)| u64::from(w))
+            .max()
+            .unwrap_or(1);
         tracing::info!(session = %key, tasks = count, with_history = known_count, "scheduling");
         let mut session = Session {
             key,
@@ -194,10 +201,16 @@ impl Session {
             scheduling,
             queued: (
                 known.iter().flatten().sum(),
-                known.iter().filter(|k| k.is_none()).count() as u64,
+                known
+                    .iter()
+                    .zip(&weights)
+                    .filter(|(k, _)| k.is_none())
+                    .map(|(_, &w)| u64::from(w))
+                    .sum(),
             ),
             known: known.to_vec(),
             initial_stand_in,
+            heaviest_unknown,
             observed: (0, 0),
             longest_seen: known.iter().flatten().copied().max().unwrap_or(0),
             slots: vec![Slot::Queued; count],

@@ -54,7 +54,7 @@ impl Session {
                 let text = &self.schema.tasks[index].task;
                 history.record(&self.history_scope, text, result.duration_ms);
                 self.observed.0 += result.duration_ms;
-                self.observed.1 += 1;
+                self.observed.1 += self.weight(index);
                 self.longest_seen = self.longest_seen.max(result.duration_ms);
             }
             self.slots[index] = Slot::Done(TaskRecord {
