@@ -8,7 +8,11 @@
 //! for 1 ms and a 5 ms per-batch overhead (so the coordinator sizes batches, and records timing
 //! history for 100,000 tasks).
 //!
-//! Run: `cargo build --release --bins && cargo bench -p e2e --bench load` (or `scripts/bench.sh`).
+//! A third run is open-loop: the 1,000 clients each ask for one task about once a second
+//! (Poisson arrivals), as a real fleet of jobs would, and it prints that round trip's p50/p99.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p e2e --bench load` (or `scripts/bench.sh`);
+//! `... --bench load -- open-loop` runs only the open-loop run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +28,10 @@ use wrapper::trust::Trust;
 
 const CLIENTS: usize = 1000;
 const TASKS: usize = 100_000;
+/// Requests per second per client in the open-loop run.
+const OPEN_LOOP_RATE: f64 = 1.0;
+/// How long the open-loop run measures, in seconds.
+const OPEN_LOOP_SECONDS: u64 = 30;
 
 /// What one client saw.
 #[derive(Default)]
@@ -48,17 +56,7 @@ async fn client(
     // are cache hits.
     let (overhead_ms, executed) = if max_tasks > 1 { (5, true) } else { (0, false) };
     let mut stats = ClientStats::default();
-    let key = format!("load-{max_tasks}");
-    let join = |with_schema| {
-        ClientMessage::Join(Join::new(key.clone(), &schema, "load".into(), with_schema))
-    };
-    connection.send(&join(false)).await.unwrap();
-    let mut answer = connection.recv().await.unwrap();
-    if answer == ServerMessage::NeedSchema {
-        connection.send(&join(true)).await.unwrap();
-        answer = connection.recv().await.unwrap();
-    }
-    assert!(matches!(answer, ServerMessage::Joined(_)), "{answer:?}");
+    join(&mut connection, &format!("load-{max_tasks}"), &schema).await;
     start.wait().await;
     loop {
         let asked = Instant::now();
@@ -75,19 +73,23 @@ async fn client(
                 stats.round_trips.push(now - asked);
                 stats.last_assignment = Some(now);
                 stats.tasks += assignment.tasks.len();
-                let reports = assignment
-                    .tasks
-                    .iter()
-                    .map(|&task| TaskReport {
-                        task,
-                        result: TaskResult {
-                            outcome: Outcome::Passed,
-                            exit_code: Some(0),
-                            duration_ms: u64::from(executed),
-                            executed,
-                        },
-                    })
-                    .collect();
+                let reports = if executed {
+                    assignment
+                        .tasks
+                        .iter()
+                        .map(|&task| TaskReport {
+                            task,
+                            result: TaskResult {
+                                outcome: Outcome::Passed,
+                                exit_code: Some(0),
+                                duration_ms: 1,
+                                executed: true,
+                            },
+                        })
+                        .collect()
+                } else {
+                    cache_hits(&assignment.tasks)
+                };
                 connection
                     .send(&ClientMessage::Results(reports))
                     .await
@@ -105,6 +107,124 @@ async fn client(
     }
     connection.close().await;
     stats
+}
+
+/// Joins session `key` by digest, sending the schema only if the coordinator asks for it.
+async fn join(connection: &mut Connection, key: &str, schema: &Schema) {
+    let join = |with_schema| {
+        ClientMessage::Join(Join::new(key.into(), schema, "load".into(), with_schema))
+    };
+    connection.send(&join(false)).await.unwrap();
+    let mut answer = connection.recv().await.unwrap();
+    if answer == ServerMessage::NeedSchema {
+        connection.send(&join(true)).await.unwrap();
+        answer = connection.recv().await.unwrap();
+    }
+    assert!(matches!(answer, ServerMessage::Joined(_)), "{answer:?}");
+}
+
+/// A cache hit's result for each task: nothing is learned, nothing is stored in the history.
+fn cache_hits(tasks: &[schemas::TaskId]) -> Vec<TaskReport> {
+    tasks
+        .iter()
+        .map(|&task| TaskReport {
+            task,
+            result: TaskResult {
+                outcome: Outcome::Passed,
+                exit_code: Some(0),
+                duration_ms: 0,
+                executed: false,
+            },
+        })
+        .collect()
+}
+
+/// One client of the open-loop run: requests of one task arriving as a Poisson process of
+/// [`OPEN_LOOP_RATE`] per second (exponential gaps, drawn from `seed`), whatever the answers
+/// take, until `until`. Returns each request's round trip.
+async fn paced_client(
+    mut connection: Connection,
+    schema: Arc<Schema>,
+    seed: u64,
+    start: Arc<Barrier>,
+    length: Duration,
+) -> Vec<Duration> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    join(&mut connection, "open-loop", &schema).await;
+    start.wait().await;
+    let until = Instant::now() + length;
+    let mut round_trips = Vec::new();
+    let mut next = Instant::now();
+    loop {
+        let gap: f64 = -(1.0 - rng.gen::<f64>()).ln() / OPEN_LOOP_RATE;
+        next += Duration::from_secs_f64(gap);
+        if next >= until {
+            break;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let asked = Instant::now();
+        connection
+            .send(&ClientMessage::Request(WorkRequest {
+                max_tasks: 1,
+                overhead_ms: 0,
+            }))
+            .await
+            .unwrap();
+        match connection.recv().await.unwrap() {
+            ServerMessage::Assignment(assignment) => {
+                round_trips.push(asked.elapsed());
+                let reports = cache_hits(&assignment.tasks);
+                connection
+                    .send(&ClientMessage::Results(reports))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    connection.close().await;
+    round_trips
+}
+
+/// The open-loop run: [`CLIENTS`] clients, each asking about once a second for
+/// [`OPEN_LOOP_SECONDS`], as jobs of a real fleet would (they spend their time running tasks,
+/// not asking). Prints the round trip's p50, p99 and maximum.
+async fn run_open_loop(schema: &Arc<Schema>) {
+    let coordinator = start_coordinator();
+    let connections = connect_all(&coordinator).await;
+    let start = Arc::new(Barrier::new(CLIENTS + 1));
+    let length = Duration::from_secs(OPEN_LOOP_SECONDS);
+    let clients: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(i, connection)| {
+            tokio::spawn(paced_client(
+                connection,
+                schema.clone(),
+                i as u64,
+                start.clone(),
+                length,
+            ))
+        })
+        .collect();
+    start.wait().await;
+    let started = Instant::now();
+    let mut round_trips = Vec::new();
+    for client in clients {
+        round_trips.extend(client.await.unwrap());
+    }
+    round_trips.sort();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "open loop: {CLIENTS} clients × ~{OPEN_LOOP_RATE}/s for {seconds:.0}s: {} requests \
+         ({:.0}/s), round trip p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms",
+        round_trips.len(),
+        round_trips.len() as f64 / seconds,
+        percentile(&round_trips, 0.50).as_secs_f64() * 1000.0,
+        percentile(&round_trips, 0.99).as_secs_f64() * 1000.0,
+        round_trips.last().unwrap().as_secs_f64() * 1000.0,
+    );
 }
 
 /// The coordinator's peak and current resident memory, in MiB, from /proc.
@@ -125,8 +245,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run(max_tasks: u32, schema: &Arc<Schema>) {
-    let coordinator = Coordinator::start(&[
+/// The coordinator process of one run, with load-sized limits.
+fn start_coordinator() -> Coordinator {
+    Coordinator::start(&[
         "--idle-timeout",
         "60s",
         "--max-connections",
@@ -136,9 +257,11 @@ async fn run(max_tasks: u32, schema: &Arc<Schema>) {
         "--max-unwelcomed-per-address",
         "64",
     ])
-    .unwrap();
-    let (idle_mib, _) = memory_mib(coordinator.pid());
-    let connect_started = Instant::now();
+    .unwrap()
+}
+
+/// Opens [`CLIENTS`] connections, 64 handshakes at a time.
+async fn connect_all(coordinator: &Coordinator) -> Vec<Connection> {
     let connecting = Arc::new(Semaphore::new(64));
     let mut connections = Vec::new();
     for i in 0..CLIENTS {
@@ -162,11 +285,10 @@ async fn run(max_tasks: u32, schema: &Arc<Schema>) {
             }
         }));
     }
-    let start = Arc::new(Barrier::new(CLIENTS + 1));
-    let mut clients = Vec::new();
+    let mut connected = Vec::new();
     for connection in connections {
-        let connection = match connection.await {
-            Ok(connection) => connection,
+        match connection.await {
+            Ok(connection) => connected.push(connection),
             Err(e) => {
                 let log = coordinator.log();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -175,7 +297,19 @@ async fn run(max_tasks: u32, schema: &Arc<Schema>) {
                     tail.join("\n")
                 );
             }
-        };
+        }
+    }
+    connected
+}
+
+async fn run(max_tasks: u32, schema: &Arc<Schema>) {
+    let coordinator = start_coordinator();
+    let (idle_mib, _) = memory_mib(coordinator.pid());
+    let connect_started = Instant::now();
+    let connections = connect_all(&coordinator).await;
+    let start = Arc::new(Barrier::new(CLIENTS + 1));
+    let mut clients = Vec::new();
+    for connection in connections {
         clients.push(tokio::spawn(client(
             connection,
             schema.clone(),
@@ -259,7 +393,13 @@ async fn main() {
         "final report",
         "peak RSS"
     );
-    for max_tasks in [1, 50] {
-        run(max_tasks, &schema).await;
+    // `cargo bench --bench load -- open-loop` runs only that run (cargo adds `--bench`).
+    let only_open_loop = std::env::args().any(|a| a == "open-loop");
+    if !only_open_loop {
+        for max_tasks in [1, 50] {
+            run(max_tasks, &schema).await;
+        }
+        println!();
     }
+    run_open_loop(&schema).await;
 }

@@ -8,7 +8,10 @@
 //! 1. a static split `sorted(tasks)[i::N]` (what most CI setups do), one batch per job;
 //! 2. one task at a time, pulled in list order (what the original project did);
 //! 3. ours without history (cold);
-//! 4. ours with the history of the cold run (warm);
+//! 4. ours without history but with priors: each task weighted by a coarse size class of its
+//!    duration (1, 2, 4, 8, like Bazel's `small` … `enormous`), one in ten misclassified by a
+//!    class — what a cold start of `bazel test` knows from the tests' `size`;
+//! 5. ours with the history of the cold run (warm);
 //!
 //! and the efficiency `lower bound / makespan`, the bound being
 //! `max(total work / N, longest task) + one batch overhead`.
@@ -104,6 +107,30 @@ fn workload() -> Vec<Duration> {
     durations
         .into_iter()
         .map(|ms| Duration::from_micros((ms * 1000.0) as u64))
+        .collect()
+}
+
+/// Weights as a developer's size classes would give them: a coarse class of each duration,
+/// one task in ten put in a neighbouring class.
+fn priors(durations: &[Duration]) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(20261202);
+    durations
+        .iter()
+        .map(|d| {
+            let ms = d.as_secs_f64() * 1000.0;
+            let class: i32 = match ms {
+                ms if ms < 2.0 * MEDIAN_MS => 0,
+                ms if ms < 5.0 * MEDIAN_MS => 1,
+                ms if ms < 20.0 * MEDIAN_MS => 2,
+                _ => 3,
+            };
+            let class = match rng.gen_range(0..20) {
+                0 => (class - 1).max(0),
+                1 => (class + 1).min(3),
+                _ => class,
+            };
+            1 << class
+        })
         .collect()
 }
 
@@ -222,6 +249,10 @@ async fn main() {
     let longest = *durations.iter().max().unwrap();
     // Task names sort in list order, so `sorted(tasks)` is the list.
     let schema = Schema::new("simulation", (0..TASKS).map(|i| format!("task-{i:03}"))).unwrap();
+    let mut weighted = schema.clone();
+    for (task, weight) in weighted.tasks.iter_mut().zip(priors(&durations)) {
+        task.weight = Some(weight);
+    }
     let dir = tempfile::tempdir().unwrap();
     println!(
         "scheduling benchmark: {TASKS} tasks, log-normal (median {MEDIAN_MS} ms, sigma {SIGMA}) with \
@@ -232,10 +263,10 @@ async fn main() {
     );
     println!();
     println!(
-        "{:>3}  {:>8}  {:>16}  {:>16}  {:>16}  {:>16}",
-        "N", "bound", "static split", "one at a time", "ours, cold", "ours, warm"
+        "{:>3}  {:>8}  {:>16}  {:>16}  {:>16}  {:>16}  {:>16}",
+        "N", "bound", "static split", "one at a time", "ours, cold", "cold + priors", "ours, warm"
     );
-    let mut worst = [f64::MAX; 4];
+    let mut worst = [f64::MAX; 5];
     for clients in CLIENTS {
         let bound = (total / clients as u32).max(longest) + OVERHEAD;
         let original = Policy {
@@ -284,10 +315,21 @@ async fn main() {
             &schema,
         )
         .await;
+        let with_priors = shared_run(
+            &addr,
+            &cert,
+            clients,
+            &format!("priors-{clients}"),
+            &format!("bench-priors-{clients}"),
+            200,
+            &durations,
+            &weighted,
+        )
+        .await;
         stop_ours.cancel();
 
         let split = static_split(clients, &durations).await;
-        let cells: Vec<String> = [split, one_at_a_time, cold, warm]
+        let cells: Vec<String> = [split, one_at_a_time, cold, with_priors, warm]
             .iter()
             .enumerate()
             .map(|(i, makespan)| {
@@ -297,18 +339,20 @@ async fn main() {
             })
             .collect();
         println!(
-            "{clients:>3}  {:>8}  {:>16}  {:>16}  {:>16}  {:>16}",
+            "{clients:>3}  {:>8}  {:>16}  {:>16}  {:>16}  {:>16}  {:>16}",
             secs(bound),
             cells[0],
             cells[1],
             cells[2],
-            cells[3]
+            cells[3],
+            cells[4]
         );
     }
     println!();
     println!("makespan (efficiency = bound / makespan); lowest efficiency over N:");
     println!(
-        "  static split {:.2}, one at a time {:.2}, ours cold {:.2} (target 0.85), ours warm {:.2} (target 0.95)",
-        worst[0], worst[1], worst[2], worst[3]
+        "  static split {:.2}, one at a time {:.2}, ours cold {:.2}, cold + priors {:.2} (target 0.85), \
+         ours warm {:.2} (target 0.95)",
+        worst[0], worst[1], worst[2], worst[3], worst[4]
     );
 }
