@@ -46,17 +46,11 @@ struct ClientStats {
     completed: Option<Instant>,
 }
 
-async fn client(
-    mut connection: Connection,
-    schema: Arc<Schema>,
-    max_tasks: u32,
-    start: Arc<Barrier>,
-) -> ClientStats {
+async fn client(mut connection: Connection, max_tasks: u32, start: Arc<Barrier>) -> ClientStats {
     // With batches, tasks "execute" for 1 ms after a 5 ms batch overhead; one at a time, they
     // are cache hits.
     let (overhead_ms, executed) = if max_tasks > 1 { (5, true) } else { (0, false) };
     let mut stats = ClientStats::default();
-    join(&mut connection, &format!("load-{max_tasks}"), &schema).await;
     start.wait().await;
     loop {
         let asked = Instant::now();
@@ -141,17 +135,15 @@ fn cache_hits(tasks: &[schemas::TaskId]) -> Vec<TaskReport> {
 
 /// One client of the open-loop run: requests of one task arriving as a Poisson process of
 /// [`OPEN_LOOP_RATE`] per second (exponential gaps, drawn from `seed`), whatever the answers
-/// take, until `until`. Returns each request's round trip.
+/// take, for `length` from the common start. Returns each request's round trip.
 async fn paced_client(
     mut connection: Connection,
-    schema: Arc<Schema>,
     seed: u64,
     start: Arc<Barrier>,
     length: Duration,
 ) -> Vec<Duration> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    join(&mut connection, "open-loop", &schema).await;
     start.wait().await;
     let until = Instant::now() + length;
     let mut round_trips = Vec::new();
@@ -192,30 +184,23 @@ async fn paced_client(
 /// not asking). Prints the round trip's p50, p99 and maximum.
 async fn run_open_loop(schema: &Arc<Schema>) {
     let coordinator = start_coordinator();
-    let connections = connect_all(&coordinator).await;
+    let connections = connect_all(&coordinator, "open-loop", schema).await;
     let start = Arc::new(Barrier::new(CLIENTS + 1));
     let length = Duration::from_secs(OPEN_LOOP_SECONDS);
     let clients: Vec<_> = connections
         .into_iter()
         .enumerate()
         .map(|(i, connection)| {
-            tokio::spawn(paced_client(
-                connection,
-                schema.clone(),
-                i as u64,
-                start.clone(),
-                length,
-            ))
+            tokio::spawn(paced_client(connection, i as u64, start.clone(), length))
         })
         .collect();
     start.wait().await;
-    let started = Instant::now();
     let mut round_trips = Vec::new();
     for client in clients {
         round_trips.extend(client.await.unwrap());
     }
     round_trips.sort();
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = length.as_secs_f64();
     println!(
         "open loop: {CLIENTS} clients × ~{OPEN_LOOP_RATE}/s for {seconds:.0}s: {} requests \
          ({:.0}/s), round trip p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms",
@@ -260,8 +245,13 @@ fn start_coordinator() -> Coordinator {
     .unwrap()
 }
 
-/// Opens [`CLIENTS`] connections, 64 handshakes at a time.
-async fn connect_all(coordinator: &Coordinator) -> Vec<Connection> {
+/// Opens [`CLIENTS`] connections, 64 handshakes at a time, each joining session `key` at once
+/// (the coordinator drops a connection that does not join soon after its hello).
+async fn connect_all(
+    coordinator: &Coordinator,
+    key: &str,
+    schema: &Arc<Schema>,
+) -> Vec<Connection> {
     let connecting = Arc::new(Semaphore::new(64));
     let mut connections = Vec::new();
     for i in 0..CLIENTS {
@@ -277,10 +267,14 @@ async fn connect_all(coordinator: &Coordinator) -> Vec<Connection> {
             busy_retry_for: Duration::from_secs(60),
         };
         let connecting = connecting.clone();
+        let (key, schema) = (key.to_string(), schema.clone());
         connections.push(tokio::spawn(async move {
             let _permit = connecting.acquire().await.unwrap();
             match Connection::connect(&options).await {
-                Ok((connection, _)) => connection,
+                Ok((mut connection, _)) => {
+                    join(&mut connection, &key, &schema).await;
+                    connection
+                }
                 Err(e) => panic!("client {i} cannot connect: {e}"),
             }
         }));
@@ -306,16 +300,11 @@ async fn run(max_tasks: u32, schema: &Arc<Schema>) {
     let coordinator = start_coordinator();
     let (idle_mib, _) = memory_mib(coordinator.pid());
     let connect_started = Instant::now();
-    let connections = connect_all(&coordinator).await;
+    let connections = connect_all(&coordinator, &format!("load-{max_tasks}"), schema).await;
     let start = Arc::new(Barrier::new(CLIENTS + 1));
     let mut clients = Vec::new();
     for connection in connections {
-        clients.push(tokio::spawn(client(
-            connection,
-            schema.clone(),
-            max_tasks,
-            start.clone(),
-        )));
+        clients.push(tokio::spawn(client(connection, max_tasks, start.clone())));
     }
     start.wait().await;
     let connected = connect_started.elapsed();
@@ -382,20 +371,20 @@ async fn main() {
          (the clients run in this process, on the same 2 cores as the coordinator)"
     );
     println!();
-    println!(
-        "{:>15}  {:>9}  {:>12}  {:>14}  {:>10}  {:>10}  {:>14}  {:>12}",
-        "max per request",
-        "connect",
-        "tasks/s",
-        "assignments/s",
-        "p50 rtt",
-        "p99 rtt",
-        "final report",
-        "peak RSS"
-    );
     // `cargo bench --bench load -- open-loop` runs only that run (cargo adds `--bench`).
     let only_open_loop = std::env::args().any(|a| a == "open-loop");
     if !only_open_loop {
+        println!(
+            "{:>15}  {:>9}  {:>12}  {:>14}  {:>10}  {:>10}  {:>14}  {:>12}",
+            "max per request",
+            "connect",
+            "tasks/s",
+            "assignments/s",
+            "p50 rtt",
+            "p99 rtt",
+            "final report",
+            "peak RSS"
+        );
         for max_tasks in [1, 50] {
             run(max_tasks, &schema).await;
         }
