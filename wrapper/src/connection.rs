@@ -70,13 +70,36 @@ pub enum ClientError {
     },
     /// The connection broke after it was made.
     #[error("lost the connection to the coordinator: {0}")]
-    Lost(String),
+    Lost(#[source] LostReason),
+    /// The connection broke and could not be made again within the time allowed.
+    #[error(
+        "lost the connection to the coordinator: could not reconnect within {}: {last}",
+        humantime::format_duration(*.after)
+    )]
+    GaveUp {
+        /// How long reconnecting was tried.
+        after: Duration,
+        /// Why the last attempt failed.
+        #[source]
+        last: Box<ClientError>,
+    },
     /// The coordinator sent something this client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The run was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
+}
+
+/// Why a connection broke.
+#[derive(Debug, thiserror::Error)]
+pub enum LostReason {
+    /// QUIC says why.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// The coordinator ended its stream without closing the connection.
+    #[error("the coordinator ended the stream")]
+    StreamEnded,
 }
 
 /// The codec a client reads server messages and writes client messages with.
@@ -185,9 +208,10 @@ impl Connection {
                 )))
             }
         };
-        let (send, recv) = connection.open_bi().await.map_err(|e| {
-            certificate_refused(&e).unwrap_or_else(|| ClientError::Lost(e.to_string()))
-        })?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| certificate_refused(&e).unwrap_or_else(|| ClientError::Lost(e.into())))?;
         let mut this = Connection {
             endpoint,
             connection,
@@ -261,9 +285,10 @@ impl Connection {
                     message: String::from_utf8_lossy(&close.reason).into_owned(),
                 }
             }
-            Some(reason) => certificate_refused(&reason)
-                .unwrap_or_else(|| ClientError::Lost(reason.to_string())),
-            None => ClientError::Lost("the coordinator ended the stream".into()),
+            Some(reason) => {
+                certificate_refused(&reason).unwrap_or_else(|| ClientError::Lost(reason.into()))
+            }
+            None => ClientError::Lost(LostReason::StreamEnded),
         }
     }
 }

@@ -75,7 +75,8 @@
 //!   finish alone when the coordinator is lost for good. `task-sharding run` and
 //!   `task-sharding bazel` are both built on it.
 //! - [`client`]: [`run_session`], the protocol: join, run what is assigned, reconnect and
-//!   resume when the connection is lost.
+//!   resume when the connection is lost. Its rules live in [`client::machine`], a state machine
+//!   without I/O that tests drive message by message.
 //! - [`connection`]: QUIC + TLS to the coordinator; [`trust`]: CA file or pinned fingerprint,
 //!   and the client certificate; [`connect_options`]: the builder.
 //! - [`command_runner`]: the generic runner, one process per task (`task-sharding run`).
