@@ -416,3 +416,35 @@ fn results_made_while_reconnecting_go_with_the_rejoin() {
         [ClientMessage::Results(_), ClientMessage::Request(_)]
     ));
 }
+
+/// Regression (the bug `e2e/tests/reconnect.rs` first showed, there only with the right timing):
+/// a client that found its connection lost while sending a batch's results reconnected, asked for
+/// work on the new connection, and then asked again because it had reconnected; the second
+/// assignment, arriving while the first ran, ended the job with "unexpected message".
+#[test]
+fn a_connection_lost_while_reporting_asks_for_work_once() {
+    let mut test = Test::joined();
+    test.receive(assignment(&[0]));
+    let finished = test.give(Input::BatchFinished {
+        reports: vec![report(0)],
+        overhead: Duration::ZERO,
+    });
+    assert!(matches!(
+        sent(&finished)[..],
+        [ClientMessage::Results(_), ClientMessage::Request(_)]
+    ));
+    // The shell's send of the results fails: the request after it is dropped with the
+    // connection.
+    assert!(matches!(test.give(Input::Failed(lost()))[..], [Action::Connect]));
+    test.give(Input::Connected);
+    let rejoined = test.receive(joined(1, true));
+    assert!(matches!(
+        sent(&rejoined)[..],
+        [ClientMessage::Results(_), ClientMessage::Request(_)]
+    ));
+    // Nothing more until the coordinator answers, whatever else happens on this connection.
+    assert!(test.receive(ServerMessage::Abort(vec![0])).is_empty());
+    assert!(test.wait(Duration::from_secs(5)).is_empty());
+    let running = test.receive(assignment(&[1]));
+    assert!(matches!(running[..], [Action::StartBatch(_)]));
+}
