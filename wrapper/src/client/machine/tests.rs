@@ -435,7 +435,10 @@ fn a_connection_lost_while_reporting_asks_for_work_once() {
     ));
     // The shell's send of the results fails: the request after it is dropped with the
     // connection.
-    assert!(matches!(test.give(Input::Failed(lost()))[..], [Action::Connect]));
+    assert!(matches!(
+        test.give(Input::Failed(lost()))[..],
+        [Action::Connect]
+    ));
     test.give(Input::Connected);
     let rejoined = test.receive(joined(1, true));
     assert!(matches!(
