@@ -147,13 +147,7 @@ struct Opt {
 
 fn main() -> ExitCode {
     let opt = Opt::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    process_setup::init_logging(process_setup::COORDINATOR_LOG);
     match run(opt) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -239,7 +239,7 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 /// The names a generated certificate is valid for: loopback, this host, and what was asked.
 pub fn default_names(extra: &[String]) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    if let Some(host) = hostname() {
+    if let Some(host) = process_setup::host_name() {
         names.push(host);
     }
     for name in extra {
@@ -248,14 +248,6 @@ pub fn default_names(extra: &[String]) -> Vec<String> {
         }
     }
     names
-}
-
-/// This host's name, from the same source the clients report theirs with.
-fn hostname() -> Option<String> {
-    let name = hostname::get().ok()?;
-    let name = name.to_string_lossy();
-    let name = name.trim();
-    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// The key the coordinator derives its QUIC stateless-reset tokens from, kept in

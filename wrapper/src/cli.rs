@@ -261,13 +261,13 @@ pub(crate) fn main() -> ExitCode {
     // `task-sharding bazel ...`: every argument after `bazel` is Bazel's, `--help` included.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("bazel") {
-        init_logging();
+        process_setup::init_logging(process_setup::CLIENT_LOG);
         let code = crate::bazel::main(argv[2..].to_vec());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     forget_empty_settings();
     let cli = Cli::parse();
-    init_logging();
+    process_setup::init_logging(process_setup::CLIENT_LOG);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -282,16 +282,6 @@ pub(crate) fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
-}
-
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 #[cfg(test)]

@@ -94,9 +94,7 @@ impl ConnectOptionsBuilder {
 
     /// The options, with this host, process and CI job told to the coordinator for its logs.
     pub fn build(self) -> ConnectOptions {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "unknown-host".into());
+        let host = process_setup::host_name().unwrap_or_else(|| "unknown-host".into());
         let pid = std::process::id();
         ConnectOptions {
             coordinator: self.coordinator,
