@@ -169,18 +169,22 @@ type Connecting<'a> = Pin<Box<dyn Future<Output = Result<Connection, ClientError
 
 /// The machine and the I/O it asks for.
 struct Shell<'a, F> {
+    /// What decides.
     machine: Machine,
     /// The connection; `None` between losing one and making the next.
     connection: Option<Connection>,
     /// The connection being made. It is kept across waits, so that a batch ending meanwhile
     /// never abandons a half-made connection.
     connecting: Option<Connecting<'a>>,
+    /// How to make a connection.
     connect: &'a ConnectOptions,
+    /// SIGINT or SIGTERM.
     interrupt: CancellationToken,
     /// Whether the interrupt was passed on (it is passed on once).
     interrupted: bool,
     /// Stops the running batch.
     abort: CancellationToken,
+    /// The caller's progress lines.
     on_event: F,
 }
 
