@@ -2,7 +2,8 @@
 # The live demo: a coordinator, an nginx remote cache, and three CI-like jobs that each run the
 # identical `bazel test //... --remote_cache=...` on their own copy of the bundled example
 # workspace (e2e/workspace), through Bazel's real launcher: /usr/bin/bazel -> tools/bazel ->
-# task-sharding -> the real Bazel. The jobs share the 26 test targets; each target runs once, on
+# task-sharding -> the real Bazel. The jobs share the 26 test targets (and build the library
+# they use once); each target runs once, on
 # one job; every job prints the same summary of all of them (with the job that ran each) and
 # exits with the same Bazel exit code (3: the workspace has one failing test, on purpose).
 #

@@ -58,5 +58,5 @@ case "$help" in
         ;;
 esac
 
-step "the Bazel wrapper's end-to-end tests against Bazel 7.7.1"
-E2E_BAZEL_REAL="$bazel7" cargo test -p e2e --test bazel_wrapper
+step "the Bazel wrapper's end-to-end and differential tests against Bazel 7.7.1"
+E2E_BAZEL_REAL="$bazel7" cargo test -p e2e --test bazel_wrapper --test differential

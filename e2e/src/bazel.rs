@@ -91,6 +91,21 @@ pub const TEST_TARGETS: [&str; 26] = [
     "//util/fs:tmpdir_test",
 ];
 
+/// The other rules `bazel test //...` builds in `e2e/workspace`: the wrapper shards them as
+/// build tasks (listed `SKIPPED` in the summary: built, nothing to test).
+pub const BUILT_TARGETS: [&str; 1] = ["//testlib:testlib"];
+
+/// Every target of the summary of `bazel test //...` in `e2e/workspace`, in label order.
+pub fn summary_targets() -> Vec<String> {
+    let mut all: Vec<String> = TEST_TARGETS
+        .iter()
+        .chain(&BUILT_TARGETS)
+        .map(|l| l.to_string())
+        .collect();
+    all.sort();
+    all
+}
+
 /// The workspace's one failing test (tagged `failing`).
 pub const FAILING_TEST: &str = "//strings:broken_test";
 
@@ -362,7 +377,7 @@ impl Drop for Checkout {
 
 /// Copies a directory tree, regular files and directories only (symlinks such as Bazel's
 /// `bazel-*` convenience links are left out), keeping permission bits.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {from:?}"))? {
         let entry = entry?;

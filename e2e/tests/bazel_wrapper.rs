@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::bazel::{
-    bazel_under_test, begin, parse_summary, BazelEnv, Checkout, Finished, Running, Summary,
-    FAILING_TEST, MANUAL_TEST, TEST_TARGETS,
+    bazel_under_test, begin, parse_summary, summary_targets, BazelEnv, Checkout, Finished, Running,
+    Summary, BUILT_TARGETS, FAILING_TEST, MANUAL_TEST, TEST_TARGETS,
 };
 use e2e::{binary, lines, wait_until, Coordinator};
 use nix::sys::signal::{killpg, Signal};
@@ -121,8 +121,8 @@ fn common_summary(jobs: &[Finished], why: &str) -> Summary {
         );
     }
     let summary = parse_summary(&first).unwrap_or_else(|e| panic!("{e:#}{why}"));
-    let all: Vec<String> = TEST_TARGETS.iter().map(|l| l.to_string()).collect();
-    assert_eq!(summary.tasks, TEST_TARGETS.len(), "{why}");
+    let all = summary_targets();
+    assert_eq!(summary.tasks, all.len(), "{why}");
     assert_eq!(summary.labels(), all, "the summary lists every target{why}");
     summary
 }
@@ -187,6 +187,8 @@ fn three_jobs_share_bazel_test_and_agree() {
     for row in &summary.rows {
         let want = if row.label == FAILING_TEST {
             "FAILED"
+        } else if BUILT_TARGETS.contains(&row.label.as_str()) {
+            "SKIPPED"
         } else {
             "PASSED"
         };
@@ -196,7 +198,9 @@ fn three_jobs_share_bazel_test_and_agree() {
     }
     assert_eq!(summary.row(FAILING_TEST).unwrap().exit, Some(3), "{why}");
     assert!(
-        summary.totals.starts_with("25 passed, 1 failed; run by "),
+        summary
+            .totals
+            .starts_with("25 passed, 1 failed, 1 skipped; run by "),
         "{}{why}",
         summary.totals
     );
@@ -232,7 +236,7 @@ fn three_jobs_share_bazel_test_and_agree() {
         .lines()
         .filter(|l| l.starts_with("| `//"))
         .collect();
-    assert_eq!(rows.len(), TEST_TARGETS.len(), "{markdown}{why}");
+    assert_eq!(rows.len(), summary_targets().len(), "{markdown}{why}");
     assert!(
         rows.iter()
             .any(|r| r.starts_with(&format!("| `{FAILING_TEST}` | FAILED |"))),
@@ -272,7 +276,7 @@ fn filtered_failing_test_means_exit_0() {
     );
     let summary = common_summary(&jobs, &why);
     for row in &summary.rows {
-        let want = if row.label == FAILING_TEST {
+        let want = if row.label == FAILING_TEST || BUILT_TARGETS.contains(&row.label.as_str()) {
             "SKIPPED"
         } else {
             "PASSED"
@@ -281,7 +285,7 @@ fn filtered_failing_test_means_exit_0() {
         assert_eq!(row.exit, None, "{row:?}{why}");
     }
     assert!(
-        summary.totals.starts_with("25 passed, 1 skipped; run by "),
+        summary.totals.starts_with("25 passed, 2 skipped; run by "),
         "{}{why}",
         summary.totals
     );
@@ -342,13 +346,18 @@ fn a_killed_job_does_not_stop_the_others() {
     for row in &summary.rows {
         let want = if row.label == FAILING_TEST {
             "FAILED"
+        } else if BUILT_TARGETS.contains(&row.label.as_str()) {
+            "SKIPPED"
         } else {
             "PASSED"
         };
         assert_eq!(row.outcome, want, "{row:?}{why}");
-        // job-3 was killed in its first batch, before it could report anything.
+        // job-3 was killed in its first batch of tests, before it could report any (a batch of
+        // only the library, built in no time, may have come first).
         assert!(
-            row.client == "job-1" || row.client == "job-2",
+            row.client == "job-1"
+                || row.client == "job-2"
+                || BUILT_TARGETS.contains(&row.label.as_str()),
             "{row:?}{why}"
         );
     }
@@ -589,6 +598,8 @@ fn bazelisk_and_launcher_jobs_share_a_session() {
     for row in &summary.rows {
         let want = if row.label == FAILING_TEST {
             "FAILED"
+        } else if BUILT_TARGETS.contains(&row.label.as_str()) {
+            "SKIPPED"
         } else {
             "PASSED"
         };
@@ -678,7 +689,7 @@ fn an_interrupted_job_exits_8_and_hands_its_targets_back() {
     // The other job got job-1's targets back and finished the session.
     assert_eq!(survivor.code(), Some(3), "{why}");
     let summary = parse_summary(&survivor.summary()).unwrap_or_else(|e| panic!("{e:#}{why}"));
-    assert_eq!(summary.rows.len(), TEST_TARGETS.len(), "{why}");
+    assert_eq!(summary.rows.len(), summary_targets().len(), "{why}");
     assert!(
         env.coordinator
             .as_ref()
@@ -718,7 +729,7 @@ fn a_lost_coordinator_leaves_each_job_to_finish_alone() {
         );
         // Each job still reports on every target: its own results and those it ran alone.
         let summary = parse_summary(&job.summary()).unwrap_or_else(|e| panic!("{e:#}{why}"));
-        assert_eq!(summary.labels().len(), TEST_TARGETS.len(), "{why}");
+        assert_eq!(summary.labels().len(), summary_targets().len(), "{why}");
         assert_eq!(
             summary.row(FAILING_TEST).unwrap().outcome,
             "FAILED",

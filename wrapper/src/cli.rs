@@ -41,9 +41,11 @@ pub(crate) enum Command {
 
     /// Run Bazel, sharding `bazel test` across the jobs of this CI run (what tools/bazel runs).
     ///
-    /// Every command but `test` is handed to $BAZEL_REAL untouched. `bazel test PATTERNS` is
-    /// expanded with `bazel query` into test targets, which the jobs of this run share through
-    /// the coordinator; each job runs its batches with the same options (remote cache flags
+    /// Every command but `test` is handed to $BAZEL_REAL untouched (`coverage` too: it is not
+    /// sharded). For `bazel test PATTERNS` Bazel itself plans the work (the same command line
+    /// with --nobuild): its test targets and the other targets it would build are shared by
+    /// the jobs of this run through the coordinator; a command line Bazel rejects is left for
+    /// Bazel to report. Each job runs its batches with the same options (remote cache flags
     /// included), and every job ends with the summary of all targets and Bazel's exit code for
     /// the whole run: 0 all passed, 1 build failure, 2 bad command line, 3 a test failed,
     /// 4 no tests, 8 interrupted, 36 the coordinator was required (TASK_SHARDING_REQUIRED=1) but
@@ -51,7 +53,8 @@ pub(crate) enum Command {
     ///
     /// Configuration comes from the environment only (TASK_SHARDING_COORDINATOR, _CA,
     /// _FINGERPRINT, _TOKEN, _CLIENT_CERT, _CLIENT_KEY, _RUN_ID, _RUN_SECRET, _CLIENT_ID,
-    /// _REQUIRED, _GRACE, _BEP_DIR), since the arguments are Bazel's.
+    /// _CONNECT_TIMEOUT, _GRACE, _REQUIRED, _HISTORY_SCOPE, _BEP_DIR, _JUNIT), since the
+    /// arguments are Bazel's. `task-sharding bazel --help` (without $BAZEL_REAL) prints this.
     #[command(disable_help_flag = true)]
     Bazel {
         /// Bazel's arguments, exactly as given to `bazel`.
@@ -261,6 +264,10 @@ pub(crate) fn main() -> ExitCode {
     // `task-sharding bazel ...`: every argument after `bazel` is Bazel's, `--help` included.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("bazel") {
+        let asks_help = matches!(argv.get(2).map(String::as_str), Some("--help" | "-h"));
+        if asks_help && std::env::var_os("BAZEL_REAL").is_none() {
+            return print_bazel_help();
+        }
         process_setup::init_logging(process_setup::CLIENT_LOG);
         let code = crate::bazel::main(argv[2..].to_vec());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
@@ -282,6 +289,43 @@ pub(crate) fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// `task-sharding bazel --help` outside `tools/bazel`: this command's own help (under
+/// `tools/bazel`, `--help` is Bazel's).
+fn print_bazel_help() -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut cli = Cli::command();
+    match cli.find_subcommand_mut("bazel") {
+        Some(bazel) => {
+            let _ = bazel.print_long_help();
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(exit::FAILED),
+    }
+}
+
+/// A clap error about a setting, in the words of the environment variable the user set:
+/// `--reconnect-for <RECONNECT_FOR>` becomes `TASK_SHARDING_GRACE`.
+pub(crate) fn in_variable_terms<P: clap::CommandFactory>(error: &clap::Error) -> String {
+    let mut text = error.to_string();
+    let command = P::command();
+    for arg in command.get_arguments() {
+        let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let flag = format!("--{long}");
+        while let Some(at) = text.find(&flag) {
+            let end = text[at..].find('\'').map_or(text.len(), |e| at + e);
+            text.replace_range(at..end, &env.to_string_lossy());
+        }
+    }
+    text.trim_end()
+        .trim_start_matches("error: ")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! `task-sharding bazel ARGS...`: what `tools/bazel` runs instead of Bazel.
 //!
 //! Every command but `test` goes to `$BAZEL_REAL` untouched (the process is replaced, so output,
-//! exit code, stdin and signals are Bazel's own). `bazel test PATTERNS` is sharded: the patterns
-//! are expanded with `bazel query` into test targets, which become the session's tasks; this job
+//! exit code, stdin and signals are Bazel's own). `bazel test PATTERNS` is sharded: Bazel itself
+//! plans the command (the user's exact command line with `--nobuild`, see [`plan`]), and the
+//! test targets and other targets it would build become the session's tasks; this job
 //! runs the batches it is assigned with the user's own options, reports their results from the
 //! build events, and exits with the whole session's verdict in Bazel's exit codes.
 //!
@@ -12,7 +13,7 @@
 
 pub mod args;
 pub mod bep;
-pub mod query;
+pub mod plan;
 pub mod runner;
 pub mod session_key;
 pub mod verdict;
@@ -60,7 +61,10 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     let invocation = args::parse(&args);
     let wrapped = std::env::var_os(WRAPPED_MARKER).is_some();
-    if wrapped || !invocation.is_shardable() || invocation.patterns.is_empty() {
+    if !wrapped && invocation.command.as_deref() == Some("coverage") {
+        eprintln!("task-sharding: bazel coverage is not sharded: this job runs all of it");
+    }
+    if wrapped || !invocation.is_shardable() || !names_targets(&invocation) {
         return passthrough(&bazel, &args);
     }
     crate::cli::forget_empty_settings();
@@ -72,6 +76,27 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     };
     runtime.block_on(shard(&bazel, &args, &invocation))
+}
+
+/// Whether the command names targets: patterns, or a `--target_pattern_file`.
+fn names_targets(invocation: &Invocation) -> bool {
+    !invocation.patterns.is_empty()
+        || invocation
+            .options
+            .iter()
+            .any(|o| o.starts_with("--target_pattern_file"))
+}
+
+/// The user's options without those that name targets or the event file: each batch names
+/// its own targets after `--`, and writes its own events (appended to the user's file after).
+fn batch_options(options: &[String]) -> Vec<String> {
+    options
+        .iter()
+        .filter(|o| {
+            !o.starts_with("--target_pattern_file=") && !o.starts_with("--build_event_json_file=")
+        })
+        .cloned()
+        .collect()
 }
 
 /// Replaces this process with Bazel, argv and environment untouched.
@@ -101,7 +126,10 @@ fn required() -> bool {
 async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     let connect = match FromEnvironment::try_parse_from(["task-sharding"]) {
         Ok(parsed) => parsed.connect,
-        Err(e) => return fall_back(bazel, args, &format!("bad TASK_SHARDING_* setting: {e}")),
+        Err(e) => {
+            let why = crate::cli::in_variable_terms::<FromEnvironment>(&e);
+            return fall_back(bazel, args, &format!("bad setting: {why}"));
+        }
     };
     let options = match connect.connect_options() {
         Ok(options) => options,
@@ -111,15 +139,17 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         Ok(id) => id,
         Err(e) => return fall_back(bazel, args, &e.to_string()),
     };
-    let targets = match query_test_targets(bazel, invocation).await {
-        Ok(targets) if !targets.is_empty() => targets,
-        // No test targets, or patterns Bazel rejects: Bazel itself says so best, with its code.
+    let plan = match plan::plan(bazel, args, invocation.startup.len()).await {
+        // No test targets: Bazel itself says so best (and builds the rest), with its code.
+        Ok(plan) if !plan.tests.is_empty() => plan,
         Ok(_) => return passthrough(bazel, args),
+        // Patterns or options Bazel rejects: it reports them, with its own error and code.
         Err(e) => {
             eprintln!("task-sharding: {e}; letting Bazel report it");
             return passthrough(bazel, args);
         }
     };
+    let targets: Vec<String> = plan.tests.iter().chain(&plan.builds).cloned().collect();
     let schema = match Schema::new("bazel test", targets) {
         Ok(schema) => schema,
         Err(e) => return fall_back(bazel, args, &format!("cannot shard these targets: {e}")),
@@ -137,7 +167,8 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     let mut runner = BazelRunner {
         bazel: bazel.to_path_buf(),
         startup: invocation.startup.clone(),
-        options: invocation.options.clone(),
+        options: batch_options(&invocation.options),
+        user_events: plan::user_events_file(args),
         events_dir: events.path().to_path_buf(),
         batches: 0,
         overhead: runner::INITIAL_OVERHEAD,
@@ -153,16 +184,22 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     };
     // Said once connected, so that a job falling back to plain Bazel never claims to shard.
     let sharding = format!(
-        "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {})",
-        schema.tasks.len(),
-        options.coordinator
+        "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {}){}",
+        plan.tests.len(),
+        options.coordinator,
+        match plan.builds.len() {
+            0 => String::new(),
+            n => format!("; {n} other targets are built with them"),
+        }
     );
     let on_progress = |p: Progress<'_>| match p {
         Progress::Connected => eprintln!("{sharding}"),
         other => progress(other),
     };
     match drive(&options, &schema, &mut runner, &session, on_progress).await {
-        Outcome::Complete(report) | Outcome::Alone { report, .. } => finish(&schema, &report),
+        Outcome::Complete(report) | Outcome::Alone { report, .. } => {
+            with_loading_errors(finish(&schema, &report), &plan.errors)
+        }
         Outcome::Unavailable(e) => fall_back(bazel, args, &e.to_string()),
         Outcome::Interrupted { alone } => {
             eprintln!(
@@ -178,28 +215,18 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     }
 }
 
-/// Expands the patterns into the test targets `bazel test` would run.
-async fn query_test_targets(bazel: &Path, invocation: &Invocation) -> Result<Vec<String>, String> {
-    let Some(expression) = query::test_targets_expression(&invocation.patterns) else {
-        return Ok(Vec::new());
-    };
-    let output = tokio::process::Command::new(bazel)
-        .args(&invocation.startup)
-        .args(["query", "--output=label", "--noshow_progress", &expression])
-        .env(WRAPPED_MARKER, "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", bazel.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "`bazel query` could not expand the target patterns (exit {})",
-            output.status.code().unwrap_or(-1)
-        ));
+/// A session whose plan had loading or analysis errors (under `-k`) fails as plain Bazel does:
+/// a build failure, whatever the tests did.
+fn with_loading_errors(verdict: i32, errors: &[String]) -> i32 {
+    if errors.is_empty() || !matches!(verdict, code::SUCCESS | code::TESTS_FAILED | code::NO_TESTS)
+    {
+        return verdict;
     }
-    Ok(query::parse_labels(&String::from_utf8_lossy(
-        &output.stdout,
-    )))
+    for error in errors {
+        eprintln!("{error}");
+    }
+    eprintln!("task-sharding: Bazel reported the errors above while planning; the build failed");
+    code::BUILD_FAILURE
 }
 
 /// The repository's HEAD commit, so that jobs on different commits never share a session.

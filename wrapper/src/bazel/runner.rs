@@ -28,6 +28,8 @@ pub struct BazelRunner {
     pub startup: Vec<String>,
     /// The user's `test` options (remote cache flags included, as they are).
     pub options: Vec<String>,
+    /// The user's own `--build_event_json_file`: each batch's events are appended to it.
+    pub user_events: Option<PathBuf>,
     /// Where each batch's build event file goes.
     pub events_dir: PathBuf,
     /// Batches run so far, to name their event files.
@@ -85,12 +87,17 @@ impl TaskRunner for BazelRunner {
                 code::BUILD_FAILURE
             }
         };
-        let events = BatchEvents::parse(&std::fs::read_to_string(&events_file).unwrap_or_default());
+        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        if let Some(user) = &self.user_events {
+            append(user, &text);
+        }
+        let events = BatchEvents::parse(&text);
         let reports: Vec<TaskReport> = tasks
             .iter()
             .map(|task| {
                 let result = match events.result(&task.text) {
                     Some(result) => TaskResult {
+                        outcome: after_exit(result.outcome, exit),
                         exit_code: Some(exit),
                         ..result
                     },
@@ -128,6 +135,32 @@ impl TaskRunner for BazelRunner {
     }
 }
 
+/// A test that built but has no test result was left out by a filter only when the build
+/// succeeded; after a build failure (or `--check_tests_up_to_date` finding it stale) it never
+/// got to run, which Bazel calls NO STATUS.
+fn after_exit(outcome: Outcome, exit: i32) -> Outcome {
+    match (outcome, exit) {
+        (Outcome::Skipped, code::SUCCESS | code::TESTS_FAILED | code::NO_TESTS) => outcome,
+        (Outcome::Skipped, _) => Outcome::NoStatus,
+        _ => outcome,
+    }
+}
+
+/// Appends a batch's events to the user's event file (created empty by the planning run).
+fn append(path: &std::path::Path, text: &str) {
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+    if let Err(e) = written {
+        eprintln!(
+            "task-sharding: warning: cannot append to {}: {e}",
+            path.display()
+        );
+    }
+}
+
 fn no_verdict(tasks: &[AssignedTask], exit: i32, started: Instant) -> Vec<TaskReport> {
     tasks
         .iter()
@@ -153,11 +186,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_test_that_never_ran_after_a_build_failure_has_no_status() {
+        assert_eq!(
+            after_exit(Outcome::Skipped, code::NO_TESTS),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            after_exit(Outcome::Skipped, code::SUCCESS),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            after_exit(Outcome::Skipped, code::BUILD_FAILURE),
+            Outcome::NoStatus
+        );
+        assert_eq!(
+            after_exit(Outcome::Passed, code::BUILD_FAILURE),
+            Outcome::Passed
+        );
+    }
+
+    #[test]
     fn a_batch_is_the_users_command_with_our_targets_and_event_file() {
         let runner = BazelRunner {
             bazel: "/usr/bin/bazel-real".into(),
             startup: vec!["--output_user_root=/r".into()],
             options: vec!["-c".into(), "opt".into(), "--remote_cache=http://c".into()],
+            user_events: None,
             events_dir: "/tmp/e".into(),
             batches: 0,
             overhead: INITIAL_OVERHEAD,
