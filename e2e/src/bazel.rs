@@ -95,15 +95,14 @@ pub const TEST_TARGETS: [&str; 26] = [
 /// build tasks (listed `SKIPPED` in the summary: built, nothing to test).
 pub const BUILT_TARGETS: [&str; 1] = ["//testlib:testlib"];
 
-/// Every target of the summary of `bazel test //...` in `e2e/workspace`, in label order.
+/// Every target of the summary of `bazel test //...` in `e2e/workspace`, in the session's
+/// order: the tests, then the other targets, each in label order.
 pub fn summary_targets() -> Vec<String> {
-    let mut all: Vec<String> = TEST_TARGETS
+    TEST_TARGETS
         .iter()
         .chain(&BUILT_TARGETS)
         .map(|l| l.to_string())
-        .collect();
-    all.sort();
-    all
+        .collect()
 }
 
 /// The workspace's one failing test (tagged `failing`).
