@@ -150,10 +150,13 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         }
     };
     let targets: Vec<String> = plan.tests.iter().chain(&plan.builds).cloned().collect();
-    let schema = match Schema::new("bazel test", targets) {
+    let mut schema = match Schema::new("bazel test", targets) {
         Ok(schema) => schema,
         Err(e) => return fall_back(bazel, args, &format!("cannot shard these targets: {e}")),
     };
+    for task in &mut schema.tasks {
+        task.weight = plan.weights.get(&task.task).copied();
+    }
     let key = session_key::session_key(
         &run_id,
         &head_commit(),

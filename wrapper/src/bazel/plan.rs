@@ -18,6 +18,9 @@ pub struct Plan {
     pub tests: Vec<String>,
     /// The other rules it would build (none under `--build_tests_only`), in label order.
     pub builds: Vec<String>,
+    /// Each test's weight, from its `size` (small 1, medium 2, large 4, enormous 8): the prior
+    /// that orders a cold queue, heaviest first, before any timing history exists.
+    pub weights: std::collections::BTreeMap<String, u32>,
     /// Errors Bazel printed while loading or analysing, with `-k` (without `-k` it stops, and
     /// the plan is empty): the session cannot pass, as the plain run would not.
     pub errors: Vec<String>,
@@ -93,6 +96,9 @@ pub fn parse(events: &str, stderr: &str) -> Plan {
         let kind = event["configured"]["targetKind"].as_str().unwrap_or("");
         if kind.ends_with("_test rule") {
             plan.tests.push(label.to_string());
+            if let Some(weight) = size_weight(event["configured"]["testSize"].as_str()) {
+                plan.weights.insert(label.to_string(), weight);
+            }
         } else if kind.ends_with(" rule") && !kind.starts_with("test_suite") {
             plan.builds.push(label.to_string());
         }
@@ -114,9 +120,36 @@ pub fn parse(events: &str, stderr: &str) -> Plan {
     plan
 }
 
+/// A test size's weight: roughly the square root of the ratio of its default timeouts (60 s,
+/// 300 s, 900 s, 3600 s) — larger tests do take longer, but far less than their timeouts say.
+fn size_weight(size: Option<&str>) -> Option<u32> {
+    match size? {
+        "SMALL" => Some(1),
+        "MEDIUM" => Some(2),
+        "LARGE" => Some(4),
+        "ENORMOUS" => Some(8),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_sizes_become_weights() {
+        let events = concat!(
+            r#"{"id":{"targetConfigured":{"label":"//a:small"}},"configured":{"targetKind":"sh_test rule","testSize":"SMALL"}}"#,
+            "\n",
+            r#"{"id":{"targetConfigured":{"label":"//a:large"}},"configured":{"targetKind":"sh_test rule","testSize":"LARGE"}}"#,
+            "\n",
+            r#"{"id":{"targetConfigured":{"label":"//a:lib"}},"configured":{"targetKind":"cc_library rule"}}"#,
+        );
+        let plan = parse(events, "");
+        assert_eq!(plan.weights.get("//a:small"), Some(&1));
+        assert_eq!(plan.weights.get("//a:large"), Some(&4));
+        assert_eq!(plan.weights.get("//a:lib"), None);
+    }
 
     #[test]
     fn tests_and_other_rules_come_from_the_configured_targets() {
