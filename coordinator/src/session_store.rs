@@ -1,6 +1,8 @@
 //! The durable sessions: a redb file under the coordinator's state directory holding the rows of
 //! [`crate::state::persist`], so that a restarted coordinator resumes every session where it was.
-//! Rows are bincode, the same encoding as the wire protocol.
+//! Rows are bincode, the same encoding as the wire protocol; the tables' names carry the rows'
+//! version (v2: results carry log tails, protocol version 3), so a file from another version
+//! starts empty rather than misread.
 
 use std::path::Path;
 
@@ -11,11 +13,11 @@ use crate::history_store::StoreError;
 use crate::state::persist::{self, Journal, Snapshot};
 
 /// Session rows by key.
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v2");
 /// Member rows by (session key, member index).
-const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v1");
+const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v2");
 /// Task rows by (session key, task id).
-const SLOTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("slots_v1");
+const SLOTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("slots_v2");
 
 /// Sessions in a redb file.
 pub struct SessionStore {
@@ -161,6 +163,7 @@ mod tests {
                         exit_code: Some(0),
                         duration_ms: 5,
                         executed: true,
+                        log_tail: None,
                     },
                     client: "job-1".into(),
                 }),

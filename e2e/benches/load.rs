@@ -78,6 +78,7 @@ async fn client(mut connection: Connection, max_tasks: u32, start: Arc<Barrier>)
                                 exit_code: Some(0),
                                 duration_ms: 1,
                                 executed: true,
+                                log_tail: None,
                             },
                         })
                         .collect()
@@ -128,6 +129,7 @@ fn cache_hits(tasks: &[schemas::TaskId]) -> Vec<TaskReport> {
                 exit_code: Some(0),
                 duration_ms: 0,
                 executed: false,
+                log_tail: None,
             },
         })
         .collect()

@@ -70,6 +70,7 @@ impl TaskRunner for SleepRunner {
                     exit_code: Some(0),
                     duration_ms: duration.as_millis() as u64,
                     executed: true,
+                    log_tail: None,
                 },
             });
         }

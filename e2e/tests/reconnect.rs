@@ -49,6 +49,7 @@ impl TaskRunner for RestartingRunner {
                     exit_code: Some(0),
                     duration_ms: 1,
                     executed: true,
+                    log_tail: None,
                 },
             })
             .collect()

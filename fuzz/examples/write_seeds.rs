@@ -29,6 +29,7 @@ fn main() -> std::io::Result<()> {
         exit_code: Some(0),
         duration_ms: 1234,
         executed: true,
+        log_tail: None,
     };
     let hello = ClientMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -65,6 +66,7 @@ fn main() -> std::io::Result<()> {
                 exit_code: None,
                 duration_ms: 300_000,
                 executed: false,
+                log_tail: None,
             },
         },
     ]);

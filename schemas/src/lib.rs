@@ -4,11 +4,13 @@
 //!   its digest.
 //! - [`protocol`]: the versioned messages.
 //! - [`frame`]: how messages are framed on a stream, with a hard size limit.
+//! - [`log_tail`]: the bounded tail of a failing task's log that travels with its result.
 //!
 //! Nothing here does I/O, so all of it is tested with plain bytes.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod frame;
+pub mod log_tail;
 pub mod protocol;
 pub mod schema;
 

@@ -181,6 +181,10 @@ pub struct TaskResult {
     /// Whether the task actually ran, as opposed to being served from a cache. Only executed
     /// durations say how long a task takes.
     pub executed: bool,
+    /// For a failure: the end of its log (a Bazel test's `test.log`, a command's output), at most
+    /// [`crate::log_tail::MAX_LOG_TAIL_LINES`] lines and [`crate::log_tail::MAX_LOG_TAIL_BYTES`],
+    /// so that every job can show why it failed. Added in protocol version 3.
+    pub log_tail: Option<String>,
 }
 
 /// A task's verdict. The variants past `Failed` are Bazel's; the generic runner uses the first two.
@@ -404,6 +408,7 @@ mod tests {
             exit_code: Some(3),
             duration_ms: 1234,
             executed: true,
+            log_tail: Some("assertion failed\n".into()),
         };
         let client = [
             hello(PROTOCOL_VERSION),

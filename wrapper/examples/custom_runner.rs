@@ -42,6 +42,7 @@ impl TaskRunner for LetterCounter {
                     exit_code: None,
                     duration_ms: started.elapsed().as_millis() as u64,
                     executed: true,
+                    log_tail: None,
                 },
             });
         }

@@ -9,6 +9,7 @@ use schemas::{Outcome, TaskReport, TaskResult};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::output_tail::OutputTail;
 use crate::runner::{AssignedTask, TaskRunner};
 
 /// How long an aborted task's process gets to exit after SIGTERM before it is killed.
@@ -48,6 +49,8 @@ impl CommandRunner {
             .env("TASK_SHARDING_TASK", &task.text)
             .env("TASK_SHARDING_TASK_ID", task.id.to_string())
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn();
         let mut child = match spawned {
@@ -55,9 +58,13 @@ impl CommandRunner {
             Err(e) => {
                 eprintln!("task-sharding: cannot start {:?}: {e}", argv[0]);
                 // A command that cannot start is the task's failure, reported like any other.
-                return Some(result(Outcome::Failed, Some(127), started));
+                let mut failed = result(Outcome::Failed, Some(127), started);
+                failed.log_tail = Some(format!("cannot start {:?}: {e}", argv[0]));
+                return Some(failed);
             }
         };
+        let output = OutputTail::default();
+        let copies = output.capture(&mut child);
         tokio::select! {
             status = child.wait() => {
                 let status = match status {
@@ -67,8 +74,12 @@ impl CommandRunner {
                         return Some(result(Outcome::Failed, None, started));
                     }
                 };
+                let tail = output.finish(copies).await;
                 let outcome = if status.success() { Outcome::Passed } else { Outcome::Failed };
-                Some(result(outcome, status.code(), started))
+                let mut result = result(outcome, status.code(), started);
+                // Only a failure's output is worth sending to every job.
+                result.log_tail = (!status.success()).then_some(tail);
+                Some(result)
             }
             () = abort.cancelled() => {
                 terminate(&mut child, Signal::SIGTERM, TERMINATE_GRACE).await;
@@ -108,6 +119,7 @@ fn result(outcome: Outcome, exit_code: Option<i32>, started: Instant) -> TaskRes
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
         executed: true,
+        log_tail: None,
     }
 }
 
@@ -141,10 +153,13 @@ mod tests {
 
     #[tokio::test]
     async fn exit_codes_become_outcomes() {
-        let mut runner = CommandRunner::new(vec!["sh".into(), "-c".into(), "exit {task}".into()]);
+        let script = "echo said {task} >&2; exit {task}";
+        let mut runner = CommandRunner::new(vec!["sh".into(), "-c".into(), script.into()]);
         let reports = runner
             .run(&[task(0, "0"), task(1, "3")], CancellationToken::new())
             .await;
+        assert_eq!(reports[0].result.log_tail, None);
+        assert_eq!(reports[1].result.log_tail.as_deref(), Some("said 3"));
         let outcomes: Vec<_> = reports
             .iter()
             .map(|r| (r.task, r.result.outcome, r.result.exit_code))

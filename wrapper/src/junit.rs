@@ -4,9 +4,10 @@
 //! Every job writes the same file: the results of every task of the session, not only its own,
 //! so whichever job's artifact the CI system reads shows the whole run. One `testsuite` per
 //! Bazel package (or, for tasks that are not Bazel labels, one named after the schema), one
-//! `testcase` per task; each case names the job that produced its result in a `job` property.
+//! `testcase` per task; each case names the job that produced its result in a `job` property,
+//! each suite the jobs that ran its cases in `hostname`, and a failure's text is its log's tail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ fn package_of(task: &str) -> Option<&str> {
 
 /// The report of `session` (whose tasks are `schema`'s) as JUnit, under the name `name`.
 pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
-    let mut suites: BTreeMap<String, TestSuite> = BTreeMap::new();
+    let mut suites: BTreeMap<String, (TestSuite, BTreeSet<&str>)> = BTreeMap::new();
     for record in &session.records {
         let text = schema
             .tasks
@@ -66,6 +67,10 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
                     None => format!("{} [{}]", outcome.label(), record.client),
                 };
                 status.set_message(message).set_type(outcome.label());
+                // The failure's text is the end of its log, from whichever job ran it.
+                if let Some(log) = &record.result.log_tail {
+                    status.set_description(log.as_str());
+                }
                 status
             }
         };
@@ -84,13 +89,21 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
         if record.result.outcome == Outcome::Flaky {
             case.add_property(Property::new("flaky", "true"));
         }
-        suites
+        let (suite, jobs) = suites
             .entry(suite_name.clone())
-            .or_insert_with(|| TestSuite::new(suite_name))
-            .add_test_case(case);
+            .or_insert_with(|| (TestSuite::new(suite_name), BTreeSet::new()));
+        suite.add_test_case(case);
+        jobs.insert(record.client.as_str());
     }
     let mut report = Report::new(name.to_string());
-    report.add_test_suites(suites.into_values());
+    report.add_test_suites(suites.into_values().map(|(mut suite, jobs)| {
+        // JUnit's `hostname` is where a suite ran: here the jobs that ran its cases.
+        let jobs: Vec<&str> = jobs.into_iter().collect();
+        suite
+            .extra
+            .insert("hostname".into(), jobs.join(",").as_str().into());
+        suite
+    }));
     report
 }
 
@@ -134,6 +147,7 @@ mod tests {
                 exit_code: Some(if outcome == Outcome::Passed { 0 } else { 1 }),
                 duration_ms: 1500,
                 executed: true,
+                log_tail: None,
             },
             client: client.to_string(),
         }
@@ -150,7 +164,13 @@ mod tests {
             schema_name: schema.name.clone(),
             records: vec![
                 record(0, Outcome::Passed, "job-1"),
-                record(1, Outcome::Failed, "job-2"),
+                TaskRecord {
+                    result: TaskResult {
+                        log_tail: Some("assertion failed: 1 == 2".into()),
+                        ..record(1, Outcome::Failed, "job-2").result
+                    },
+                    ..record(1, Outcome::Failed, "job-2")
+                },
                 record(2, Outcome::Skipped, "job-1"),
                 record(3, Outcome::FailedToBuild, "job-3"),
                 record(4, Outcome::Flaky, "job-2"),
@@ -197,6 +217,19 @@ mod tests {
                 "job-3"
             )
         ));
+        match cases[1].1 {
+            TestCaseStatus::NonSuccess { description, .. } => assert_eq!(
+                description.as_ref().map(|d| d.as_str()),
+                Some("assertion failed: 1 == 2")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let hosts: Vec<&str> = parsed
+            .test_suites
+            .iter()
+            .map(|s| s.extra["hostname"].as_str())
+            .collect();
+        assert_eq!(hosts, ["job-1,job-2", "job-1,job-3", "job-2"]);
         assert!(matches!(cases[2].1, TestCaseStatus::Skipped { .. }));
         assert!(matches!(cases[4].1, TestCaseStatus::Success { .. }));
     }

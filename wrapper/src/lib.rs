@@ -42,6 +42,7 @@
 //!                     exit_code: Some(0),
 //!                     duration_ms: started.elapsed().as_millis() as u64,
 //!                     executed: true,
+//!                     log_tail: None,
 //!                 },
 //!             });
 //!         }
@@ -91,6 +92,7 @@ pub mod command_runner;
 pub mod connect_options;
 pub mod connection;
 pub mod driver;
+pub mod failing_logs;
 pub mod junit;
 pub mod runner;
 pub mod summary;
@@ -99,6 +101,7 @@ pub mod trust;
 // The `task-sharding` binary's own parts: its command line, `run` subcommand and exit codes.
 mod cli;
 mod exit;
+mod output_tail;
 mod run_command;
 
 pub use client::{run_session, Event, SessionOptions};

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use schemas::{Outcome, Schema, SessionReport, TaskRecord};
 
 /// Renders every task's result, in schema order, with the client that produced it, then a line
-/// of totals. Depends only on the report, so every client of a session prints the same text.
+/// of totals, then the end of each failing task's log. Depends only on the report, so every client of a session prints the same text.
 pub fn render(schema: &Schema, report: &SessionReport) -> String {
     let width = schema
         .tasks
@@ -61,6 +61,7 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         clients.len(),
         if clients.len() == 1 { "" } else { "s" }
     );
+    out.push_str(&crate::failing_logs::text(schema, report));
     out
 }
 
@@ -83,6 +84,7 @@ pub fn markdown(schema: &Schema, report: &SessionReport) -> String {
             markdown_cell(&record.client)
         );
     }
+    out.push_str(&crate::failing_logs::markdown(schema, report));
     out
 }
 
@@ -148,6 +150,7 @@ mod tests {
                 exit_code: Some(if outcome == Outcome::Passed { 0 } else { 2 }),
                 duration_ms: 1500,
                 executed: true,
+                log_tail: None,
             },
             client: client.into(),
         };
@@ -183,6 +186,7 @@ mod tests {
                     exit_code: Some(1),
                     duration_ms: 0,
                     executed: true,
+                    log_tail: None,
                 },
                 client: forged.into(),
             }],
@@ -211,6 +215,7 @@ mod tests {
                 exit_code: None,
                 duration_ms: 0,
                 executed: false,
+                log_tail: None,
             },
             client: "a".into(),
         };

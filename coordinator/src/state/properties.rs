@@ -571,6 +571,7 @@ fn report(task: TaskId, outcome: Outcome, executed: bool) -> TaskReport {
             exit_code: Some(0),
             duration_ms: 100 + u64::from(task) * 50,
             executed,
+            log_tail: None,
         },
     }
 }

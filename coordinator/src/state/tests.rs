@@ -21,6 +21,7 @@ fn result(outcome: Outcome) -> TaskResult {
         exit_code: Some(if outcome == Outcome::Passed { 0 } else { 1 }),
         duration_ms: 10,
         executed: true,
+        log_tail: None,
     }
 }
 
@@ -494,6 +495,7 @@ fn report_of(task: TaskId, ms: u64, executed: bool) -> TaskReport {
             exit_code: Some(0),
             duration_ms: ms,
             executed,
+            log_tail: None,
         },
     }
 }
@@ -1077,3 +1079,5 @@ fn priors_spread_the_heaviest_tasks_of_a_cold_session_over_the_jobs() {
     let next = assignment(&world.request_with_overhead(1, 1, 2000), 1).unwrap();
     assert_eq!(next, [4]);
 }
+
+mod logs;

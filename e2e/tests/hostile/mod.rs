@@ -126,6 +126,7 @@ pub fn all_passed(tasks: impl IntoIterator<Item = schemas::TaskId>) -> Vec<schem
                 exit_code: Some(0),
                 duration_ms: 1,
                 executed: true,
+                log_tail: None,
             },
         })
         .collect()

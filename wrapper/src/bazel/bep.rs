@@ -137,6 +137,7 @@ impl BatchEvents {
             exit_code: None,
             duration_ms,
             executed: target.executed,
+            log_tail: None,
         })
     }
 }

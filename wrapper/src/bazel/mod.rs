@@ -16,6 +16,7 @@ pub mod bep;
 pub mod plan;
 pub mod runner;
 pub mod session_key;
+pub mod test_log;
 pub mod verdict;
 
 use std::os::unix::process::CommandExt as _;

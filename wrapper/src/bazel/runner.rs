@@ -87,12 +87,12 @@ impl TaskRunner for BazelRunner {
                 code::BUILD_FAILURE
             }
         };
-        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        let events_text = std::fs::read_to_string(&events_file).unwrap_or_default();
         if let Some(user) = &self.user_events {
-            append(user, &text);
+            append(user, &events_text);
         }
-        let events = BatchEvents::parse(&text);
-        let reports: Vec<TaskReport> = tasks
+        let events = BatchEvents::parse(&events_text);
+        let mut reports: Vec<TaskReport> = tasks
             .iter()
             .map(|task| {
                 let result = match events.result(&task.text) {
@@ -107,6 +107,7 @@ impl TaskRunner for BazelRunner {
                         exit_code: Some(exit),
                         duration_ms: 0,
                         executed: false,
+                        log_tail: None,
                     },
                     None => return no_verdict_for(task, exit, started),
                 };
@@ -116,6 +117,8 @@ impl TaskRunner for BazelRunner {
                 }
             })
             .collect();
+        let labels = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
+        super::test_log::attach_failing_logs(&mut reports, &labels, &events_text);
         // The overhead is the batch's wall time when no test was running (tests may run one at a
         // time or in parallel; the events say when each ran).
         let testing = events.testing_ms().unwrap_or_else(|| {
@@ -177,6 +180,7 @@ fn no_verdict_for(task: &AssignedTask, exit: i32, started: Instant) -> TaskRepor
             exit_code: Some(exit),
             duration_ms: started.elapsed().as_millis() as u64,
             executed: false,
+            log_tail: None,
         },
     }
 }

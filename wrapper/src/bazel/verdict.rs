@@ -64,6 +64,7 @@ mod tests {
                         exit_code,
                         duration_ms: 0,
                         executed: true,
+                        log_tail: None,
                     },
                     client: "j".into(),
                 })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use schemas::{
     Assignment, Joined, Progress, Schema, SchemaDigest, ServerMessage, SessionReport, TaskId,
-    TaskRecord, TaskReport, Ticket,
+    TaskRecord, TaskReport, TaskResult, Ticket,
 };
 
 use super::history::Estimates;
@@ -154,6 +154,8 @@ pub(crate) struct Session {
     /// What changed since the last [`Session::journal`]: whether the session is new, and which
     /// members and tasks.
     dirty: Dirty,
+    /// Bytes of failing tasks' log tails kept so far (see [`MAX_SESSION_LOG_BYTES`]).
+    log_bytes: usize,
 }
 
 /// What of a session must be written to the store.
@@ -229,6 +231,7 @@ impl Session {
                 flags: vec![false; count],
                 ..Dirty::default()
             },
+            log_bytes: 0,
         };
         if count == 0 {
             session.complete(now);
@@ -278,6 +281,10 @@ impl Session {
 /// The expected duration of a task nothing is known about, when nothing in its session is known
 /// either. Only its relation to the others matters: equal estimates keep the listed order.
 const DEFAULT_ESTIMATE_MS: u64 = 1000;
+
+/// The most bytes of log tails one session keeps: 64 full tails. Every member receives all of
+/// them in the final report, and the coordinator holds them for the session's life.
+pub(crate) const MAX_SESSION_LOG_BYTES: usize = 4 << 20;
 
 /// A backup copy must be expected to save at least this much, beyond twice the overhead.
 const MIN_BACKUP_GAIN_MS: u64 = 10;

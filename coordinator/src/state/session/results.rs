@@ -50,6 +50,7 @@ impl Session {
                 }
             };
             tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
+            let result = self.bound_log(result);
             if result.executed {
                 let text = &self.schema.tasks[index].task;
                 history.record(&self.history_scope, text, result.duration_ms);
@@ -79,6 +80,31 @@ impl Session {
             actions.extend(self.broadcast_report());
         }
         Ok(actions)
+    }
+
+    /// `result` with its log tail cut to what one result may carry and what is left of the
+    /// session's log budget: every member receives every tail in the final report, which must
+    /// stay well within a frame. A success carries none.
+    fn bound_log(&mut self, mut result: TaskResult) -> TaskResult {
+        let Some(log) = result.log_tail.take() else {
+            return result;
+        };
+        if result.outcome.is_success() {
+            return result;
+        }
+        let log = schemas::log_tail::bound(log);
+        let left = MAX_SESSION_LOG_BYTES.saturating_sub(self.log_bytes);
+        result.log_tail = Some(if log.len() <= left {
+            self.log_bytes += log.len();
+            log
+        } else {
+            format!(
+                "(log not kept: this session's failing tasks already sent {} bytes of logs, \
+                 the most a session keeps)",
+                self.log_bytes
+            )
+        });
+        result
     }
 
     pub(super) fn complete(&mut self, now: Instant) {

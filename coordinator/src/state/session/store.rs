@@ -73,6 +73,7 @@ impl Session {
                 },
                 SlotState::Done(mut record) => {
                     record.task = task;
+                    session.log_bytes += record.result.log_tail.as_ref().map_or(0, String::len);
                     Slot::Done(record)
                 }
             };
