@@ -73,6 +73,23 @@ struct Inner {
     created_by: HashMap<String, (IpAddr, usize)>,
     /// What the sessions created from one address, and from all, may hold.
     shares: SessionShares,
+    /// Refusals sent, by their code, for the metrics.
+    refusals: HashMap<ErrorCode, u64>,
+    /// Connections refused before they were served (the admission limits).
+    refused_connections: u64,
+}
+
+/// The coordinator's counts at one moment, for `/metrics`.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    /// What the state machine counted.
+    pub(crate) counts: crate::state::view::Counts,
+    /// Sessions held.
+    pub(crate) sessions: usize,
+    /// Connections open.
+    pub(crate) connections: usize,
+    /// Refusals by reason.
+    pub(crate) refusals: Vec<(String, u64)>,
 }
 
 /// What sessions may hold: so many per address of the client that created them, and schema
@@ -119,6 +136,8 @@ impl Hub {
                 addresses: HashMap::new(),
                 created_by: HashMap::new(),
                 shares,
+                refusals: HashMap::new(),
+                refused_connections: 0,
             }),
             store: store.map(Mutex::new),
             history_store: history_store.map(Mutex::new),
@@ -244,6 +263,38 @@ impl Hub {
         (inner.state.connection_count(), inner.state.session_count())
     }
 
+    /// Calls `read` with the state machine and the time, under the lock: `read` must only copy
+    /// out what it needs (bounded work), never render or do I/O.
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&Coordinator, Instant) -> T) -> T {
+        let inner = self.lock();
+        read(&inner.state, Instant::now())
+    }
+
+    /// The counts, for `/metrics`.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let inner = self.lock();
+        let mut refusals: Vec<(String, u64)> = inner
+            .refusals
+            .iter()
+            .map(|(code, n)| (format!("{code:?}"), *n))
+            .collect();
+        if inner.refused_connections > 0 {
+            refusals.push(("ConnectionLimit".into(), inner.refused_connections));
+        }
+        refusals.sort();
+        Snapshot {
+            counts: inner.state.counts(),
+            sessions: inner.state.session_count(),
+            connections: inner.state.connection_count(),
+            refusals,
+        }
+    }
+
+    /// A connection was refused at the door (see [`crate::admission`]).
+    pub(crate) fn note_refused_connection(&self) {
+        self.lock().refused_connections += 1;
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the state machine mid-decision; carrying on with it
         // could hand out a task twice, so every later caller panics too.
@@ -312,7 +363,10 @@ impl Inner {
                         },
                     };
                     let error = match &*message {
-                        ServerMessage::Error(e) => Some(e.message.clone()),
+                        ServerMessage::Error(e) => {
+                            *self.refusals.entry(e.code).or_default() += 1;
+                            Some(e.message.clone())
+                        }
                         _ => None,
                     };
                     let milestone = match &*message {

@@ -7,6 +7,7 @@
 //!   clients can trust it.
 //! - [`server`]: the QUIC endpoint and its accept loop; [`connection`] serves one client;
 //!   [`admission`] decides who may connect (limits in all and per address).
+//! - [`http`]: the read-only dashboard (sessions, timelines, history, metrics) over HTTP.
 //!
 //! Tests start a server on `127.0.0.1:0` with [`server::Server::bind`] and hand
 //! [`server::Server::run`] their own shutdown future; `main` hands it SIGINT/SIGTERM.
@@ -14,6 +15,7 @@
 
 pub mod admission;
 pub mod history_store;
+pub mod http;
 pub mod private_dir;
 pub mod server;
 pub mod session_store;

@@ -8,9 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use coordinator::admission::AdmissionLimits;
+use coordinator::http::HttpConfig;
 use coordinator::server::{Server, ServerConfig, SessionShares};
 use coordinator::state::Policy;
 use coordinator::tls::{self, ClientCa, TlsIdentity};
+
+/// Where the dashboard listens unless told otherwise: this machine only.
+const DEFAULT_HTTP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7401);
 
 /// The task-sharding coordinator.
 ///
@@ -140,6 +145,17 @@ struct Opt {
     #[arg(long, default_value_t = 256 << 20)]
     max_schema_bytes_per_address: usize,
 
+    /// The TCP address of the dashboard (sessions, timelines, history, /metrics) [default:
+    /// 127.0.0.1:7401, skipped with a warning when taken]. On a non-loopback address it
+    /// requires the token (--token-file) and is served over TLS with the coordinator's
+    /// certificate.
+    #[arg(long, env = "TASK_SHARDING_HTTP", value_name = "ADDR")]
+    http: Option<SocketAddr>,
+
+    /// Serve no dashboard.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
+
     /// How long a client that said hello has to join a session before it is disconnected.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -215,6 +231,10 @@ async fn run(opt: Opt) -> Result<()> {
         );
     }
     config.client_ca = client_ca;
+    config.http = (!opt.no_http).then(|| HttpConfig {
+        listen: opt.http.unwrap_or(DEFAULT_HTTP),
+        required: opt.http.is_some(),
+    });
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     println!("coordinator listening on {addr}");
@@ -223,6 +243,9 @@ async fn run(opt: Opt) -> Result<()> {
         cert_path.display(),
         server.fingerprint()
     );
+    if let Some(url) = server.dashboard_url() {
+        println!("dashboard {url}");
+    }
     tracing::info!(%addr, cert = %cert_path.display(), fingerprint = %server.fingerprint(), "ready");
     server.run(shutdown_signal()).await?;
     Ok(())

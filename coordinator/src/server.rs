@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use crate::admission::{Admission, AdmissionLimits};
 use crate::connection::{self, Limits};
 use crate::history_store::StoreError;
+use crate::http::{Dashboard, HttpConfig, HttpError};
 use crate::hub::Hub;
 pub use crate::hub::SessionShares;
 use crate::session_store::SessionStore;
@@ -40,6 +41,9 @@ pub enum ServerError {
         #[source]
         source: StoreError,
     },
+    /// The dashboard could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
     /// Not inside a Tokio runtime.
     #[error("no async runtime")]
     NoRuntime,
@@ -84,6 +88,8 @@ pub struct ServerConfig {
     /// When set, every client must present a certificate issued by one of these CAs (mutual
     /// TLS), on top of the token; `None` asks clients for no certificate.
     pub client_ca: Option<ClientCa>,
+    /// Where to serve the dashboard; `None` serves none.
+    pub http: Option<HttpConfig>,
 }
 
 impl ServerConfig {
@@ -102,6 +108,7 @@ impl ServerConfig {
             sessions_path: None,
             reset_key: None,
             client_ca: None,
+            http: None,
         }
     }
 }
@@ -114,12 +121,21 @@ pub struct Server {
     limits: Limits,
     admission: Arc<Admission>,
     fingerprint: String,
+    dashboard: Option<Dashboard>,
 }
 
 impl Server {
     /// Binds the endpoint. Nothing is served until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let fingerprint = config.identity.fingerprint();
+        // The dashboard presents the same certificate, over TCP.
+        let http_identity = config.http.as_ref().map(|_| {
+            (
+                config.identity.certs.clone(),
+                config.identity.key.clone_key(),
+            )
+        });
+        let token = config.policy.token.clone();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -187,15 +203,30 @@ impl Server {
             address: config.listen,
             source,
         })?;
+        let hub = Arc::new(Hub::new(
+            state,
+            store,
+            history_store,
+            config.max_frame_len,
+            config.shares,
+        ));
+        let dashboard = match (&config.http, http_identity) {
+            (Some(http), Some((certs, key))) => {
+                match Dashboard::bind(http, certs, key, token.as_deref(), hub.clone()) {
+                    Ok(dashboard) => Some(dashboard),
+                    Err(e @ HttpError::Listen { .. }) if !http.required => {
+                        tracing::warn!("no dashboard: {e}: {}", e.source_text());
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => None,
+        };
         Ok(Server {
             endpoint,
-            hub: Arc::new(Hub::new(
-                state,
-                store,
-                history_store,
-                config.max_frame_len,
-                config.shares,
-            )),
+            hub,
+            dashboard,
             limits: Limits {
                 handshake: Duration::from_secs(10),
                 hello: Duration::from_secs(10),
@@ -213,6 +244,11 @@ impl Server {
         self.endpoint.local_addr()
     }
 
+    /// The dashboard's URL (`http://ADDR/`, or `https://` off loopback), when it is served.
+    pub fn dashboard_url(&self) -> Option<String> {
+        self.dashboard.as_ref().and_then(|d| d.url().ok())
+    }
+
     /// The SHA-256 fingerprint of the certificate, in lowercase hex.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -220,8 +256,12 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
     /// clients to be told.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let mut refusals = Throttle::default();
+        let dashboard = self
+            .dashboard
+            .take()
+            .map(|d| tokio::spawn(crate::http::serve(d)));
         let housekeeping = tokio::spawn(housekeeping(self.hub.clone()));
         let persisting = tokio::spawn(persisting(self.hub.clone()));
         tokio::pin!(shutdown);
@@ -236,6 +276,7 @@ impl Server {
                             tokio::spawn(connection::serve(incoming, hub, limits, pass));
                         }
                         Err(refusal) => {
+                            self.hub.note_refused_connection();
                             // Refused at the QUIC level, before any TLS work: clients retry.
                             // A flood must not become a flood of log lines: one a second.
                             if refusals.note() {
@@ -253,6 +294,9 @@ impl Server {
         }
         housekeeping.abort();
         persisting.abort();
+        if let Some(dashboard) = dashboard {
+            dashboard.abort();
+        }
         let _ = persisting.await;
         // Store the sessions as they are before the connections close, and keep the closing
         // from returning leases: the clients resume them when the coordinator is back.

@@ -10,6 +10,7 @@ mod joining;
 pub mod persist;
 pub mod scheduler;
 mod session;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ pub struct Coordinator {
     frozen: bool,
     /// Where tickets come from.
     rng: StdRng,
+    /// What the sessions already forgotten did, for the metrics.
+    retired: view::Counts,
 }
 
 /// A session key waiting for its schema.
@@ -183,6 +186,7 @@ impl Coordinator {
             journaled: false,
             frozen: false,
             rng,
+            retired: view::Counts::default(),
         }
     }
 
@@ -415,12 +419,48 @@ impl Coordinator {
             .map(|(key, _)| key.clone())
             .collect();
         for key in &expired {
-            self.sessions.remove(key);
+            if let Some(session) = self.sessions.remove(key) {
+                self.retired.add(session.counts());
+            }
         }
         if self.journaled {
             self.forgotten.extend(expired.iter().cloned());
         }
         (actions, expired)
+    }
+
+    /// The held sessions, newest first, at most `limit` of them: the dashboard's list.
+    pub fn overview(&self, now: Instant, limit: usize) -> Vec<view::SessionSummary> {
+        let mut newest: Vec<&Session> = self.sessions.values().collect();
+        newest.sort_by_key(|s| s.created_at());
+        newest
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|s| s.summary(now))
+            .collect()
+    }
+
+    /// The session whose id (see [`view::id_of`]) is `id`, in detail.
+    pub fn detail(&self, id: &str, now: Instant) -> Option<view::SessionDetail> {
+        self.sessions
+            .iter()
+            .find(|(key, _)| view::id_of(key) == id)
+            .map(|(_, session)| session.detail(now))
+    }
+
+    /// The timing history of the `limit` most recently used scopes.
+    pub fn history_view(&self, limit: usize) -> Vec<view::ScopeHistory> {
+        self.history.view(limit)
+    }
+
+    /// What the coordinator has done since it started.
+    pub fn counts(&self) -> view::Counts {
+        let mut counts = self.retired.clone();
+        for session in self.sessions.values() {
+            counts.add(session.counts());
+        }
+        counts
     }
 
     /// How many sessions are held.

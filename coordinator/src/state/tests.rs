@@ -1081,3 +1081,4 @@ fn priors_spread_the_heaviest_tasks_of_a_cold_session_over_the_jobs() {
 }
 
 mod logs;
+mod view;

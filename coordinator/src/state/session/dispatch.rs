@@ -51,6 +51,7 @@ impl Session {
                             *backup = Some(idx);
                         }
                         self.touch(task);
+                        self.counts.backups += 1;
                         tracing::info!(session = %self.key, task, "handing out a backup copy of a long task");
                         vec![task]
                     }
@@ -77,6 +78,7 @@ impl Session {
                 batch
             };
             self.waiting.pop_front();
+            self.counts.tasks_handed += batch.len() as u64;
             let member = self.members.get_mut(&idx).expect("waiters are members");
             member.waiting = None;
             member.running = batch.clone();

@@ -69,6 +69,7 @@ impl Session {
             member.waiting = None;
             self.waiting.retain(|&m| m != idx);
         }
+        self.counts.reconnects += 1;
         let mut actions = self.attach(idx, conn, false, true);
         actions.extend(self.release_if(
             idx,

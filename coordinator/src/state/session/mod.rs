@@ -30,6 +30,7 @@ mod estimates;
 mod membership;
 mod results;
 mod store;
+mod view;
 
 /// How a session schedules, from the coordinator's policy.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +157,27 @@ pub(crate) struct Session {
     dirty: Dirty,
     /// Bytes of failing tasks' log tails kept so far (see [`MAX_SESSION_LOG_BYTES`]).
     log_bytes: usize,
+    /// When the session was created (or restored): the origin of its timeline.
+    created_at: Instant,
+    /// Each counted result's lease, by the time it was handed out and reported: what the
+    /// dashboard draws. At most one per task. Not stored: a restarted coordinator's timeline
+    /// starts at the restart.
+    spans: Vec<Span>,
+    /// What it did, for the coordinator's metrics.
+    counts: crate::state::view::Counts,
+}
+
+/// One task's time with the member whose result counted, for the timeline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    /// Which task.
+    pub(crate) task: TaskId,
+    /// Who ran it.
+    pub(crate) member: MemberIdx,
+    /// When its lease was handed out: tasks of one batch share it.
+    pub(crate) leased: Instant,
+    /// When its result arrived.
+    pub(crate) reported: Instant,
 }
 
 /// What of a session must be written to the store.
@@ -232,6 +254,12 @@ impl Session {
                 ..Dirty::default()
             },
             log_bytes: 0,
+            created_at: now,
+            spans: Vec::new(),
+            counts: crate::state::view::Counts {
+                sessions_created: 1,
+                ..Default::default()
+            },
         };
         if count == 0 {
             session.complete(now);

@@ -31,18 +31,23 @@ impl Session {
         for TaskReport { task, result } in reports {
             let index = task as usize;
             // The other copies still running, to abort.
-            let losers: Vec<MemberIdx> = match &self.slots[index] {
+            let (losers, leased): (Vec<MemberIdx>, Instant) = match &self.slots[index] {
                 Slot::Done(_) => {
                     tracing::debug!(session = %self.key, task, "ignored a late or duplicate result");
                     continue;
                 }
-                Slot::Leased { holder, backup, .. } if *holder == idx || *backup == Some(idx) => {
+                Slot::Leased {
+                    holder,
+                    backup,
+                    since,
+                } if *holder == idx || *backup == Some(idx) => (
                     [Some(*holder), *backup]
                         .into_iter()
                         .flatten()
                         .filter(|&m| m != idx)
-                        .collect()
-                }
+                        .collect(),
+                    *since,
+                ),
                 _ => {
                     tracing::warn!(session = %self.key, task, client = %client_id,
                         "ignored a result for a task not leased to this client");
@@ -58,12 +63,24 @@ impl Session {
                 self.observed.1 += self.weight(index);
                 self.longest_seen = self.longest_seen.max(result.duration_ms);
             }
+            *self
+                .counts
+                .results
+                .entry(result.outcome.label())
+                .or_default() += 1;
+            history.note(&self.history_scope, &self.schema.tasks[index].task, &result);
             self.slots[index] = Slot::Done(TaskRecord {
                 task,
                 result,
                 client: client_id.clone(),
             });
             self.touch(task);
+            self.spans.push(Span {
+                task,
+                member: idx,
+                leased,
+                reported: now,
+            });
             self.remaining -= 1;
             for loser in losers {
                 tracing::info!(session = %self.key, task, "another copy of a task finished first; aborting this one");

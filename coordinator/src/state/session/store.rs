@@ -35,6 +35,8 @@ impl Session {
             ..Dirty::default()
         };
         session.settling_until = Some(now + settle);
+        // Restored, not created: the count of sessions created is this process's.
+        session.counts.sessions_created = 0;
         for (idx, member) in members {
             session.tickets.insert(member.ticket, idx);
             session.members.insert(
