@@ -4,7 +4,8 @@
 #   - a Rust toolchain (cargo >= 1.88) with rustfmt and clippy,
 #   - a C compiler (ring builds a little C),
 #   - npm (for buildifier, which lints the Bazel files),
-#   - Bazel 4 (Debian's bazel-bootstrap) and nginx, for the end-to-end tests and the demo.
+#   - Bazel 4 (Debian's bazel-bootstrap) and nginx, for the end-to-end tests and the demo,
+#   - Debian's chromium, which the dashboard's end-to-end test looks through.
 
 setup_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -23,6 +24,8 @@ setup_missing=()
 command -v cc >/dev/null 2>&1 || setup_missing+=(gcc libc6-dev)
 command -v npm >/dev/null 2>&1 || setup_missing+=(npm)
 command -v curl >/dev/null 2>&1 || setup_missing+=(curl)
+# Headless Chromium reads the dashboard in e2e/tests/dashboard.rs.
+command -v chromium >/dev/null 2>&1 || setup_missing+=(chromium)
 if [ "${#setup_missing[@]}" -gt 0 ]; then
     setup_say "installing ${setup_missing[*]} with apt"
     setup_sudo=()

@@ -56,6 +56,8 @@ pub struct Coordinator {
     pub cert: PathBuf,
     /// Its certificate's SHA-256, for `TASK_SHARDING_FINGERPRINT`.
     pub fingerprint: String,
+    /// The dashboard's URL (`http://127.0.0.1:PORT/`), unless started with `--no-http`.
+    pub dashboard: Option<String>,
 }
 
 impl Coordinator {
@@ -81,8 +83,16 @@ impl Coordinator {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
+        // A free port for the dashboard, not the default one another coordinator may hold.
+        let with_http = !args.contains(&"--no-http");
+        let http: &[&str] = if args.contains(&"--http") || !with_http {
+            &[]
+        } else {
+            &["--http", "127.0.0.1:0"]
+        };
         let mut child = Command::new(binary("coordinator"))
             .args(listen)
+            .args(http)
             .args(idle)
             .arg("--state-dir")
             .arg(dir.path())
@@ -108,7 +118,17 @@ impl Coordinator {
             .strip_prefix("certificate ")
             .and_then(|rest| rest.split_once(" sha256 "))
             .with_context(|| format!("unexpected second line {second:?}"))?;
+        let dashboard = if with_http {
+            let third = next()?;
+            let url = third
+                .strip_prefix("dashboard ")
+                .with_context(|| format!("unexpected third line {third:?}"))?;
+            Some(url.to_string())
+        } else {
+            None
+        };
         Ok(Coordinator {
+            dashboard,
             cert: PathBuf::from(cert),
             fingerprint: fingerprint.to_string(),
             addr,

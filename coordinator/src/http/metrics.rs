@@ -48,7 +48,9 @@ pub(crate) async fn time_requests(
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
-        .to_string();
+        // `/sessions/{id}` as `/sessions/:id`: braces in a label value trip some parsers.
+        .replace('{', ":")
+        .replace('}', "");
     let started = Instant::now();
     let response = next.run(request).await;
     state
