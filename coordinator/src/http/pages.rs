@@ -247,32 +247,27 @@ fn scope_section(scope: &ScopeHistory) -> String {
     table(
         "Recently flaky",
         "<th>task</th><th>times</th>",
-        scope
-            .flaky
-            .iter()
-            .map(|(task, n)| {
-                format!(
-                    "<tr><td><code>{}</code></td><td>{n}</td></tr>",
-                    escape(task)
-                )
-            })
-            .collect(),
+        count_rows(&scope.flaky),
     );
     table(
         "Recently failing",
         "<th>task</th><th>times</th>",
-        scope
-            .failing
-            .iter()
-            .map(|(task, n)| {
-                format!(
-                    "<tr><td><code>{}</code></td><td>{n}</td></tr>",
-                    escape(task)
-                )
-            })
-            .collect(),
+        count_rows(&scope.failing),
     );
     out
+}
+
+/// Table rows of tasks and how many times.
+fn count_rows(tasks: &[(String, u32)]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|(task, n)| {
+            format!(
+                "<tr><td><code>{}</code></td><td>{n}</td></tr>",
+                escape(task)
+            )
+        })
+        .collect()
 }
 
 /// `/api/sessions`.
