@@ -60,6 +60,7 @@ fn report(task: TaskId) -> TaskReport {
             exit_code: Some(0),
             duration_ms: 5,
             executed: true,
+            log_tail: None,
         },
     }
 }
