@@ -52,16 +52,38 @@ pub fn attach_failing_logs(reports: &mut [TaskReport], labels: &HashMap<u32, &st
     }
 }
 
-/// The tail of the file at `path`, reading only its last bytes: a test log may be huge.
+/// The tail of the file at `path`, reading only its last bytes: a test log may be huge. Bazel's
+/// own sandbox chatter (`--sandbox_debug` writes the linux-sandbox's trace into `test.log`,
+/// after the test's output) is left out: it would push out the lines that say why it failed.
 pub fn read_tail(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
-    // One byte more than is kept, so a line cut at the start is seen as cut.
-    let from = len.saturating_sub(MAX_LOG_TAIL_BYTES as u64 + 1);
+    // More than is kept, so that what is left after the chatter still fills the tail (and a
+    // line cut at the start is seen as cut).
+    let from = len.saturating_sub(4 * MAX_LOG_TAIL_BYTES as u64 + 1);
     file.seek(SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    Ok(log_tail::tail(&bytes))
+    Ok(log_tail::tail(&without_sandbox_chatter(&bytes)))
+}
+
+/// `bytes` without the lines the linux-sandbox traces, `1796180939.836: src/main/tools/...`.
+fn without_sandbox_chatter(bytes: &[u8]) -> Vec<u8> {
+    let is_chatter = |line: &[u8]| {
+        let Some(colon) = line.windows(2).position(|w| w == b": ") else {
+            return false;
+        };
+        let (stamp, rest) = (&line[..colon], &line[colon + 2..]);
+        !stamp.is_empty()
+            && stamp.iter().all(|b| b.is_ascii_digit() || *b == b'.')
+            && rest.starts_with(b"src/main/tools/")
+    };
+    bytes
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| !is_chatter(line))
+        .flatten()
+        .copied()
+        .collect()
 }
 
 /// The path of a `file://` URI, percent-decoded; `None` for any other URI (a remote `bytestream://`
@@ -93,6 +115,22 @@ fn path_of_file_uri(uri: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sandbox_trace_is_left_out_of_the_tail() {
+        let log = "exec ${PAGER:-/usr/bin/less} \"$0\" || exit 1\n\
+            FAIL: expected 'a', got 'b'\n\
+            1796180939.836431418: src/main/tools/linux-sandbox-pid1.cc:291: remount ro: /\n\
+            1796180939.991732532: src/main/tools/linux-sandbox-pid1.cc:441: child exited normally with code 1\n\
+            12.5: a line of the test's own that looks like a time\n";
+        let kept = String::from_utf8(without_sandbox_chatter(log.as_bytes())).unwrap();
+        assert_eq!(
+            kept,
+            "exec ${PAGER:-/usr/bin/less} \"$0\" || exit 1\n\
+             FAIL: expected 'a', got 'b'\n\
+             12.5: a line of the test's own that looks like a time\n"
+        );
+    }
     use schemas::{Outcome, TaskResult};
 
     fn event(label: &str, attempt: u32, uri: &str) -> String {
