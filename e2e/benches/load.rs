@@ -67,24 +67,7 @@ async fn client(mut connection: Connection, max_tasks: u32, start: Arc<Barrier>)
                 stats.round_trips.push(now - asked);
                 stats.last_assignment = Some(now);
                 stats.tasks += assignment.tasks.len();
-                let reports = if executed {
-                    assignment
-                        .tasks
-                        .iter()
-                        .map(|&task| TaskReport {
-                            task,
-                            result: TaskResult {
-                                outcome: Outcome::Passed,
-                                exit_code: Some(0),
-                                duration_ms: 1,
-                                executed: true,
-                                log_tail: None,
-                            },
-                        })
-                        .collect()
-                } else {
-                    cache_hits(&assignment.tasks)
-                };
+                let reports = passed(&assignment.tasks, u64::from(executed), executed);
                 connection
                     .send(&ClientMessage::Results(reports))
                     .await
@@ -118,8 +101,9 @@ async fn join(connection: &mut Connection, key: &str, schema: &Schema) {
     assert!(matches!(answer, ServerMessage::Joined(_)), "{answer:?}");
 }
 
-/// A cache hit's result for each task: nothing is learned, nothing is stored in the history.
-fn cache_hits(tasks: &[schemas::TaskId]) -> Vec<TaskReport> {
+/// A pass for each task, that took `duration_ms` if it `executed`; a cache hit (not executed)
+/// teaches nothing and is stored in no history.
+fn passed(tasks: &[schemas::TaskId], duration_ms: u64, executed: bool) -> Vec<TaskReport> {
     tasks
         .iter()
         .map(|&task| TaskReport {
@@ -127,8 +111,8 @@ fn cache_hits(tasks: &[schemas::TaskId]) -> Vec<TaskReport> {
             result: TaskResult {
                 outcome: Outcome::Passed,
                 exit_code: Some(0),
-                duration_ms: 0,
-                executed: false,
+                duration_ms,
+                executed,
                 log_tail: None,
             },
         })
@@ -168,7 +152,7 @@ async fn paced_client(
         match connection.recv().await.unwrap() {
             ServerMessage::Assignment(assignment) => {
                 round_trips.push(asked.elapsed());
-                let reports = cache_hits(&assignment.tasks);
+                let reports = passed(&assignment.tasks, 0, false);
                 connection
                     .send(&ClientMessage::Results(reports))
                     .await
