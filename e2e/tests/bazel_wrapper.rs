@@ -714,6 +714,14 @@ fn a_lost_coordinator_leaves_each_job_to_finish_alone() {
         command.env("TASK_SHARDING_GRACE", "2s");
         running.spawn(&name, command).unwrap();
     }
+    // Both jobs must be in the session before it goes: a job that starts after the coordinator
+    // died never shards at all, which is another test (`coordinator_down_means_plain_bazel`).
+    for name in ["job-1", "job-2"] {
+        wait_until(&format!("{name} has joined"), LIMIT, || {
+            running.get(name).read("stderr").contains("the session")
+        })
+        .unwrap();
+    }
     let side_file = env.side_file();
     wait_until("tests run", LIMIT, || !lines(&side_file).is_empty()).unwrap();
     // The coordinator dies for good (SIGKILL: it says nothing to anyone).
