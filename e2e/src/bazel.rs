@@ -92,7 +92,7 @@ pub const TEST_TARGETS: [&str; 26] = [
 ];
 
 /// The other rules `bazel test //...` builds in `e2e/workspace`: the wrapper shards them as
-/// build tasks (listed `SKIPPED` in the summary: built, nothing to test).
+/// build tasks (listed `BUILT` in the summary).
 pub const BUILT_TARGETS: [&str; 1] = ["//testlib:testlib"];
 
 /// Every target of the summary of `bazel test //...` in `e2e/workspace`, in the session's

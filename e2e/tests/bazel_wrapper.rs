@@ -188,7 +188,7 @@ fn three_jobs_share_bazel_test_and_agree() {
         let want = if row.label == FAILING_TEST {
             "FAILED"
         } else if BUILT_TARGETS.contains(&row.label.as_str()) {
-            "SKIPPED"
+            "BUILT"
         } else {
             "PASSED"
         };
@@ -200,7 +200,7 @@ fn three_jobs_share_bazel_test_and_agree() {
     assert!(
         summary
             .totals
-            .starts_with("25 passed, 1 failed, 1 skipped; run by "),
+            .starts_with("25 passed, 1 failed, 1 built; run by "),
         "{}{why}",
         summary.totals
     );
@@ -277,8 +277,10 @@ fn filtered_failing_test_means_exit_0() {
     );
     let summary = common_summary(&jobs, &why);
     for row in &summary.rows {
-        let want = if row.label == FAILING_TEST || BUILT_TARGETS.contains(&row.label.as_str()) {
+        let want = if row.label == FAILING_TEST {
             "SKIPPED"
+        } else if BUILT_TARGETS.contains(&row.label.as_str()) {
+            "BUILT"
         } else {
             "PASSED"
         };
@@ -286,7 +288,9 @@ fn filtered_failing_test_means_exit_0() {
         assert_eq!(row.exit, None, "{row:?}{why}");
     }
     assert!(
-        summary.totals.starts_with("25 passed, 2 skipped; run by "),
+        summary
+            .totals
+            .starts_with("25 passed, 1 skipped, 1 built; run by "),
         "{}{why}",
         summary.totals
     );
@@ -348,7 +352,7 @@ fn a_killed_job_does_not_stop_the_others() {
         let want = if row.label == FAILING_TEST {
             "FAILED"
         } else if BUILT_TARGETS.contains(&row.label.as_str()) {
-            "SKIPPED"
+            "BUILT"
         } else {
             "PASSED"
         };
@@ -600,7 +604,7 @@ fn bazelisk_and_launcher_jobs_share_a_session() {
         let want = if row.label == FAILING_TEST {
             "FAILED"
         } else if BUILT_TARGETS.contains(&row.label.as_str()) {
-            "SKIPPED"
+            "BUILT"
         } else {
             "PASSED"
         };

@@ -308,12 +308,42 @@ fn scenarios() -> Vec<Scenario> {
             "8: --check_tests_up_to_date",
             &["test", "--check_tests_up_to_date", "//pkg:pass_a"],
         ),
-        // other commands
-        s("build passes through", &["build", "//pkg:all"]),
-        known(
-            with_files("failing build", &[BAD_GENRULE], &["build", "//nontest:all"]),
-            "`bazel build` is not sharded yet: every job runs plain Bazel and prints no summary \
-             (the exit code agrees)",
+        // `bazel build`, sharded too
+        s("build a package", &["build", "//pkg:all"]),
+        s("build everything", &["build", "//..."]),
+        s(
+            "build with a negative pattern",
+            &["build", "--", "//...", "-//bad/..."],
+        ),
+        exit_only(
+            with_files(
+                "build, failing",
+                &[BAD_GENRULE],
+                &["build", "//nontest:all"],
+            ),
+            "without -k plain Bazel stops at the first failure and leaves the rest unbuilt; \
+             sharded, another job may build them first (the exit code, 1, agrees)",
+        ),
+        with_files(
+            "build -k, failing",
+            &[BAD_GENRULE],
+            &["build", "-k", "//nontest:all", "//pkg:all"],
+        ),
+        s(
+            "build --build_tests_only",
+            &["build", "--build_tests_only", "//pkg:all"],
+        ),
+        with_files(
+            "build, a broken BUILD file with -k",
+            &[BROKEN_BUILD],
+            &["build", "-k", "//..."],
+        ),
+        s("build --nobuild", &["build", "--nobuild", "//pkg:all"]),
+        s("build, no such target", &["build", "//pkg:nosuch"]),
+        with_files(
+            "build --config from the workspace .bazelrc",
+            &[(".bazelrc", "build:ci --build_tests_only\n")],
+            &["build", "--config=ci", "//pkg:all"],
         ),
     ]
 }
@@ -527,10 +557,7 @@ fn sharded_jobs_give_plain_bazels_verdict() {
             differences.push("exit code");
         }
         let plain_outcomes = &plain_side.observed.outcomes;
-        if scenario.exit_only.is_none()
-            && comparable(plain_outcomes, plain_outcomes)
-                != comparable(&sharded_side.observed.outcomes, plain_outcomes)
-        {
+        if scenario.exit_only.is_none() && *plain_outcomes != sharded_side.observed.outcomes {
             differences.push("outcomes");
         }
         if scenario.exit_only.is_none()
@@ -724,8 +751,8 @@ struct Observed {
 /// Every target's outcome from a plain Bazel run's build events, in the words the sharded
 /// summary uses: a test's `testSummary` status; a test that was built but not run (a filter
 /// excluded it) `SKIPPED`; one whose build was aborted, or never completed, `NO STATUS`; a
-/// target that failed to build `FAILED TO BUILD`. Test suites are left out (Bazel reports their
-/// tests); non-test targets that built are `BUILT` (see [`comparable`]).
+/// target that failed to build `FAILED TO BUILD`, one that built `BUILT` (every rule of a
+/// `bazel build`). Test suites are left out (Bazel reports their tests).
 fn outcomes_from_events(jsonl: &str, testing: bool) -> BTreeMap<String, String> {
     let mut kinds = BTreeMap::new();
     let mut statuses = BTreeMap::new();
@@ -770,7 +797,7 @@ fn outcomes_from_events(jsonl: &str, testing: bool) -> BTreeMap<String, String> 
         } else if state == Some("failed") {
             "FAILED TO BUILD".into()
         } else if kind.ends_with(" rule") && state == Some("built") {
-            // Listed so that the wrapper's row for it can be told apart (see `comparable`).
+            // The wrapper lists it as a build task that was built.
             "BUILT".into()
         } else {
             continue;
@@ -778,23 +805,6 @@ fn outcomes_from_events(jsonl: &str, testing: bool) -> BTreeMap<String, String> 
         outcomes.insert(label.clone(), outcome);
     }
     outcomes
-}
-
-/// The outcomes to compare: a non-test target that built is not listed by plain Bazel, and
-/// shown `SKIPPED` (built, nothing to test) by the wrapper, whose schema has no "built" outcome
-/// yet; both are left out. One that failed to build stays, on both sides.
-fn comparable(
-    outcomes: &BTreeMap<String, String>,
-    plain: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    outcomes
-        .iter()
-        .filter(|(label, outcome)| {
-            !(plain.get(*label).map(String::as_str) == Some("BUILT")
-                && matches!(outcome.as_str(), "BUILT" | "SKIPPED"))
-        })
-        .map(|(l, o)| (l.clone(), o.clone()))
-        .collect()
 }
 
 /// Every target's outcome from a sharded job's summary (empty when it printed none).
@@ -805,7 +815,6 @@ fn outcomes_from_summary(summary: &str) -> BTreeMap<String, String> {
     parsed
         .rows
         .into_iter()
-        .filter(|row| row.outcome != "BUILT")
         .map(|row| (row.label, row.outcome))
         .collect()
 }

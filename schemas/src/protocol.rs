@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::schema::{Schema, SchemaDigest};
 
 /// The version of this protocol. Bump it on any change to the messages' encoding.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The TLS application protocol (ALPN) that names this protocol. It stays the same across
 /// [`PROTOCOL_VERSION`]s from 2 on, so that a peer of another version gets through TLS and is
@@ -205,12 +205,18 @@ pub enum Outcome {
     /// It was deliberately not run (a filter such as `--test_tag_filters` excluded it). Neither
     /// a success nor a failure; a session of only skipped tasks ran nothing.
     Skipped,
+    /// A build task (a target that is built, not tested) was built. Added in protocol
+    /// version 4; last, so that earlier variants keep their encoding.
+    Built,
 }
 
 impl Outcome {
     /// Whether this outcome counts as success for the session.
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Passed | Outcome::Flaky | Outcome::Skipped)
+        matches!(
+            self,
+            Outcome::Passed | Outcome::Flaky | Outcome::Skipped | Outcome::Built
+        )
     }
 
     /// The word shown in summaries, in Bazel's style.
@@ -223,6 +229,7 @@ impl Outcome {
             Outcome::FailedToBuild => "FAILED TO BUILD",
             Outcome::NoStatus => "NO STATUS",
             Outcome::Skipped => "SKIPPED",
+            Outcome::Built => "BUILT",
         }
     }
 }

@@ -39,22 +39,26 @@ pub(crate) enum Command {
     /// Example: task-sharding run --schema schemas/examples/sleep.yaml -- sleep '{task}'
     Run(Box<RunArgs>),
 
-    /// Run Bazel, sharding `bazel test` across the jobs of this CI run (what tools/bazel runs).
+    /// Run Bazel, sharding `bazel test` and `bazel build` across the jobs of this CI run (what
+    /// tools/bazel runs).
     ///
-    /// Every command but `test` is handed to $BAZEL_REAL untouched (`coverage` too: it is not
-    /// sharded). For `bazel test PATTERNS` Bazel itself plans the work (the same command line
-    /// with --nobuild): its test targets and the other targets it would build are shared by
-    /// the jobs of this run through the coordinator; a command line Bazel rejects is left for
-    /// Bazel to report. Each job runs its batches with the same options (remote cache flags
-    /// included), and every job ends with the summary of all targets and Bazel's exit code for
-    /// the whole run: 0 all passed, 1 build failure, 2 bad command line, 3 a test failed,
-    /// 4 no tests, 8 interrupted, 36 the coordinator was required (TASK_SHARDING_REQUIRED=1) but
-    /// unusable. Without a usable coordinator the command runs unsharded (fail-open).
+    /// Every command but `test` and `build` is handed to $BAZEL_REAL untouched (`coverage` too:
+    /// it is not sharded). For `bazel test PATTERNS` Bazel itself plans the work (the same
+    /// command line with --nobuild): its test targets and the other targets it would build are
+    /// shared by the jobs of this run through the coordinator; `bazel build PATTERNS` shares
+    /// out the targets it would build (TASK_SHARDING_SHARD_BUILD=0 runs it unsharded). A
+    /// command line Bazel rejects is left for Bazel to report. Each job runs its batches with
+    /// the same options (remote cache flags included), and every job ends with the summary of
+    /// all targets and Bazel's exit code for the whole run: 0 all passed (or built), 1 build
+    /// failure, 2 bad command line, 3 a test failed, 4 no tests, 8 interrupted, 36 the
+    /// coordinator was required (TASK_SHARDING_REQUIRED=1) but unusable. Without a usable
+    /// coordinator the command runs unsharded (fail-open).
     ///
     /// Configuration comes from the environment only (TASK_SHARDING_COORDINATOR, _CA,
     /// _FINGERPRINT, _TOKEN, _CLIENT_CERT, _CLIENT_KEY, _RUN_ID, _RUN_SECRET, _CLIENT_ID,
-    /// _CONNECT_TIMEOUT, _GRACE, _REQUIRED, _HISTORY_SCOPE, _BEP_DIR, _JUNIT), since the
-    /// arguments are Bazel's. `task-sharding bazel --help` (without $BAZEL_REAL) prints this.
+    /// _CONNECT_TIMEOUT, _GRACE, _REQUIRED, _HISTORY_SCOPE, _BEP_DIR, _JUNIT, _SHARD_BUILD),
+    /// since the arguments are Bazel's. `task-sharding bazel --help` (without $BAZEL_REAL)
+    /// prints this.
     #[command(disable_help_flag = true)]
     Bazel {
         /// Bazel's arguments, exactly as given to `bazel`.

@@ -54,7 +54,7 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
             .map_or_else(|| format!("task {}", record.task), |t| t.task.clone());
         let suite_name = package_of(&text).unwrap_or(&schema.name).to_string();
         let status = match record.result.outcome {
-            Outcome::Passed | Outcome::Flaky => TestCaseStatus::success(),
+            Outcome::Passed | Outcome::Flaky | Outcome::Built => TestCaseStatus::success(),
             Outcome::Skipped => TestCaseStatus::skipped(),
             outcome => {
                 let kind = match outcome {

@@ -22,6 +22,7 @@ fn colour(bar: &TaskBar) -> &'static str {
     match bar.outcome {
         None => "#1565c0",
         Some("PASSED") => "#2e7d32",
+        Some("BUILT") => "#558b2f",
         Some("FLAKY") => "#ef6c00",
         Some("SKIPPED") => "#9e9e9e",
         Some("TIMEOUT") => "#6a1b9a",

@@ -62,7 +62,7 @@ pub struct Invocation {
 impl Invocation {
     /// Whether this is a command that task-sharding shards.
     pub fn is_shardable(&self) -> bool {
-        matches!(self.command.as_deref(), Some("test"))
+        matches!(self.command.as_deref(), Some("test" | "build"))
     }
 }
 
@@ -238,14 +238,8 @@ mod tests {
     fn only_test_is_sharded() {
         assert!(parsed("test //...").is_shardable());
         assert!(parsed("--batch test //...").is_shardable());
-        for line in [
-            "build //...",
-            "query //...",
-            "info",
-            "--help",
-            "run //x",
-            "",
-        ] {
+        assert!(parsed("build //...").is_shardable());
+        for line in ["query //...", "info", "--help", "run //x", ""] {
             assert!(!parsed(line).is_shardable(), "{line}");
         }
     }

@@ -1,11 +1,13 @@
 //! `task-sharding bazel ARGS...`: what `tools/bazel` runs instead of Bazel.
 //!
-//! Every command but `test` goes to `$BAZEL_REAL` untouched (the process is replaced, so output,
-//! exit code, stdin and signals are Bazel's own). `bazel test PATTERNS` is sharded: Bazel itself
-//! plans the command (the user's exact command line with `--nobuild`, see [`plan`]), and the
-//! test targets and other targets it would build become the session's tasks; this job
-//! runs the batches it is assigned with the user's own options, reports their results from the
-//! build events, and exits with the whole session's verdict in Bazel's exit codes.
+//! Every command but `test` and `build` goes to `$BAZEL_REAL` untouched (the process is
+//! replaced, so output, exit code, stdin and signals are Bazel's own). `bazel test PATTERNS` is
+//! sharded: Bazel itself plans the command (the user's exact command line with `--nobuild`, see
+//! [`plan`]), and the test targets and other targets it would build become the session's tasks;
+//! this job runs the batches it is assigned with the user's own options, reports their results
+//! from the build events, and exits with the whole session's verdict in Bazel's exit codes.
+//! `bazel build PATTERNS` is sharded the same way, every target a build task
+//! (`TASK_SHARDING_SHARD_BUILD=0` leaves it to Bazel alone).
 //!
 //! Fail-open: when the coordinator cannot be used, the original command runs unchanged
 //! (`TASK_SHARDING_REQUIRED=1` makes that an error instead); when it is lost mid-run, the job
@@ -65,7 +67,12 @@ pub fn main(args: Vec<String>) -> i32 {
     if !wrapped && invocation.command.as_deref() == Some("coverage") {
         eprintln!("task-sharding: bazel coverage is not sharded: this job runs all of it");
     }
-    if wrapped || !invocation.is_shardable() || !names_targets(&invocation) {
+    if wrapped
+        || !invocation.is_shardable()
+        || !names_targets(&invocation)
+        || builds_nothing(&invocation)
+        || (invocation.command.as_deref() == Some("build") && !shard_build())
+    {
         return passthrough(&bazel, &args);
     }
     crate::cli::forget_empty_settings();
@@ -86,6 +93,21 @@ fn names_targets(invocation: &Invocation) -> bool {
             .options
             .iter()
             .any(|o| o.starts_with("--target_pattern_file"))
+}
+
+/// Whether the user asked for analysis only (`--nobuild`, the last of `--[no]build` winning):
+/// there is nothing to share out, and Bazel alone reports it as it does.
+fn builds_nothing(invocation: &Invocation) -> bool {
+    invocation
+        .options
+        .iter()
+        .rfind(|o| *o == "--build" || *o == "--nobuild")
+        .is_some_and(|o| o == "--nobuild")
+}
+
+/// `TASK_SHARDING_SHARD_BUILD`: `0` or `false` runs `bazel build` unsharded (default: sharded).
+fn shard_build() -> bool {
+    !std::env::var("TASK_SHARDING_SHARD_BUILD").is_ok_and(|v| v == "0" || v == "false")
 }
 
 /// The user's options without those that name targets or the event file: each batch names
@@ -111,12 +133,12 @@ fn passthrough(bazel: &Path, args: &[String]) -> i32 {
 }
 
 /// Fail-open: warns and runs the original command, unless the coordinator is required.
-fn fall_back(bazel: &Path, args: &[String], why: &str) -> i32 {
+fn fall_back(bazel: &Path, args: &[String], command: &str, why: &str) -> i32 {
     if required() {
         eprintln!("task-sharding: error: {why} (TASK_SHARDING_REQUIRED=1, so not running alone)");
         return LOCAL_ENVIRONMENT_ERROR;
     }
-    eprintln!("task-sharding: warning: {why}; running `bazel test` alone, without sharding");
+    eprintln!("task-sharding: warning: {why}; running `bazel {command}` alone, without sharding");
     passthrough(bazel, args)
 }
 
@@ -125,24 +147,26 @@ fn required() -> bool {
 }
 
 async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
+    let command = invocation.command.as_deref().unwrap_or("test");
+    let fall_back = |why: &str| fall_back(bazel, args, command, why);
     let connect = match FromEnvironment::try_parse_from(["task-sharding"]) {
         Ok(parsed) => parsed.connect,
         Err(e) => {
             let why = crate::cli::in_variable_terms::<FromEnvironment>(&e);
-            return fall_back(bazel, args, &format!("bad setting: {why}"));
+            return fall_back(&format!("bad setting: {why}"));
         }
     };
     let options = match connect.connect_options() {
         Ok(options) => options,
-        Err(e) => return fall_back(bazel, args, &e.to_string()),
+        Err(e) => return fall_back(&e.to_string()),
     };
     let run_id = match connect.run_id() {
         Ok(id) => id,
-        Err(e) => return fall_back(bazel, args, &e.to_string()),
+        Err(e) => return fall_back(&e.to_string()),
     };
     let plan = match plan::plan(bazel, args, invocation.startup.len()).await {
-        // No test targets: Bazel itself says so best (and builds the rest), with its code.
-        Ok(plan) if !plan.tests.is_empty() => plan,
+        Ok(plan) if command == "build" || !plan.tests.is_empty() => plan,
+        // `bazel test` of no test targets: Bazel itself says so best (and builds the rest).
         Ok(_) => return passthrough(bazel, args),
         // Patterns or options Bazel rejects: it reports them, with its own error and code.
         Err(e) => {
@@ -151,9 +175,9 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         }
     };
     let targets: Vec<String> = plan.tests.iter().chain(&plan.builds).cloned().collect();
-    let mut schema = match Schema::new("bazel test", targets) {
+    let mut schema = match Schema::new(format!("bazel {command}"), targets) {
         Ok(schema) => schema,
-        Err(e) => return fall_back(bazel, args, &format!("cannot shard these targets: {e}")),
+        Err(e) => return fall_back(&format!("cannot shard these targets: {e}")),
     };
     for task in &mut schema.tasks {
         task.weight = plan.weights.get(&task.task).copied();
@@ -161,17 +185,20 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     let key = session_key::session_key(
         &run_id,
         &head_commit(),
+        command,
         &invocation.options,
         &labels(&schema),
     );
     let events = match EventsDir::new() {
         Ok(dir) => dir,
-        Err(e) => return fall_back(bazel, args, &format!("no directory for build events: {e}")),
+        Err(e) => return fall_back(&format!("no directory for build events: {e}")),
     };
     let mut runner = BazelRunner {
         bazel: bazel.to_path_buf(),
         startup: invocation.startup.clone(),
+        command: command.to_string(),
         options: batch_options(&invocation.options),
+        builds: plan.builds.iter().cloned().collect(),
         user_events: plan::user_events_file(args),
         events_dir: events.path().to_path_buf(),
         batches: 0,
@@ -187,15 +214,24 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         )
     };
     // Said once connected, so that a job falling back to plain Bazel never claims to shard.
-    let sharding = format!(
-        "task-sharding: sharding {} test targets with the other jobs of run {run_id} (coordinator {}){}",
-        plan.tests.len(),
-        options.coordinator,
-        match plan.builds.len() {
-            0 => String::new(),
-            n => format!("; {n} other targets are built with them"),
-        }
-    );
+    let sharding = match command {
+        "build" => format!(
+            "task-sharding: sharding the build of {} targets with the other jobs of run {run_id} \
+             (coordinator {})",
+            plan.builds.len(),
+            options.coordinator,
+        ),
+        _ => format!(
+            "task-sharding: sharding {} test targets with the other jobs of run {run_id} \
+             (coordinator {}){}",
+            plan.tests.len(),
+            options.coordinator,
+            match plan.builds.len() {
+                0 => String::new(),
+                n => format!("; {n} other targets are built with them"),
+            }
+        ),
+    };
     let on_progress = |p: Progress<'_>| match p {
         Progress::Connected => eprintln!("{sharding}"),
         other => progress(other),
@@ -204,7 +240,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         Outcome::Complete(report) | Outcome::Alone { report, .. } => {
             with_loading_errors(finish(&schema, &report), &plan.errors)
         }
-        Outcome::Unavailable(e) => fall_back(bazel, args, &e.to_string()),
+        Outcome::Unavailable(e) => fall_back(&e.to_string()),
         Outcome::Interrupted { alone } => {
             eprintln!(
                 "task-sharding: interrupted; {}",

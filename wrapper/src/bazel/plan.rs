@@ -1,5 +1,6 @@
 //! The plan comes from Bazel: the user's exact command line, run once with `--nobuild` and a
-//! build event file, says which targets `bazel test` would build and test. Bazel expands the
+//! build event file, says which targets `bazel test` would build and test (or `bazel build`
+//! would build). Bazel expands the
 //! patterns itself (negative patterns, test suites and their manual tests, `--target_pattern_file`,
 //! `--deleted_packages`, options from every bazelrc and `--config`), for the user's Bazel
 //! version; its analysis stays cached for the first batch. A command line Bazel rejects is left
@@ -11,12 +12,15 @@ use serde_json::Value;
 
 use super::WRAPPED_MARKER;
 
-/// What `bazel test --nobuild` said it would do.
+/// What `bazel test --nobuild` (or `bazel build --nobuild`) said it would do.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The test rules it would run, in label order (test suites expanded by Bazel).
+    /// The test rules it would run, in label order (test suites expanded by Bazel); none for
+    /// `bazel build`.
     pub tests: Vec<String>,
-    /// The other rules it would build (none under `--build_tests_only`), in label order.
+    /// The other rules it would build, in label order: for `bazel test` none under
+    /// `--build_tests_only`; for `bazel build` every rule, test rules included (only those
+    /// under `--build_tests_only`).
     pub builds: Vec<String>,
     /// Each test's weight, from its `size` (small 1, medium 2, large 4, enormous 8): the prior
     /// that orders a cold queue, heaviest first, before any timing history exists.
@@ -43,10 +47,11 @@ pub async fn plan(bazel: &Path, args: &[String], command_at: usize) -> Result<Pl
     let events = user_events_file(&argv).unwrap_or(events);
     let text = std::fs::read_to_string(&events).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let plan = parse(&text, &stderr);
+    let command = &args[command_at];
+    let plan = parse(&text, &stderr, command == "test");
     if plan.tests.is_empty() && plan.builds.is_empty() {
         return Err(format!(
-            "`bazel test --nobuild` found no targets (exit {})",
+            "`bazel {command} --nobuild` found no targets (exit {})",
             output.status.code().unwrap_or(-1)
         ));
     }
@@ -72,8 +77,9 @@ pub fn user_events_file(argv: &[String]) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The plan in a `--nobuild` run's build events and its stderr.
-pub fn parse(events: &str, stderr: &str) -> Plan {
+/// The plan in a `--nobuild` run's build events and its stderr; `testing` for `bazel test`
+/// (whose test rules are run), not for `bazel build` (whose test rules are only built).
+pub fn parse(events: &str, stderr: &str, testing: bool) -> Plan {
     let mut plan = Plan::default();
     let mut build_tests_only = false;
     for line in events.lines() {
@@ -94,17 +100,18 @@ pub fn parse(events: &str, stderr: &str) -> Plan {
             continue;
         };
         let kind = event["configured"]["targetKind"].as_str().unwrap_or("");
-        if kind.ends_with("_test rule") {
+        let test_rule = kind.ends_with("_test rule");
+        if test_rule && testing {
             plan.tests.push(label.to_string());
             if let Some(weight) = size_weight(event["configured"]["testSize"].as_str()) {
                 plan.weights.insert(label.to_string(), weight);
             }
-        } else if kind.ends_with(" rule") && !kind.starts_with("test_suite") {
+        } else if kind.ends_with(" rule")
+            && !kind.starts_with("test_suite")
+            && (test_rule || !build_tests_only)
+        {
             plan.builds.push(label.to_string());
         }
-    }
-    if build_tests_only {
-        plan.builds.clear();
     }
     for list in [&mut plan.tests, &mut plan.builds] {
         list.sort();
@@ -145,7 +152,7 @@ mod tests {
             "\n",
             r#"{"id":{"targetConfigured":{"label":"//a:lib"}},"configured":{"targetKind":"cc_library rule"}}"#,
         );
-        let plan = parse(events, "");
+        let plan = parse(events, "", true);
         assert_eq!(plan.weights.get("//a:small"), Some(&1));
         assert_eq!(plan.weights.get("//a:large"), Some(&4));
         assert_eq!(plan.weights.get("//a:lib"), None);
@@ -163,6 +170,7 @@ mod tests {
             events,
             "INFO: x\nERROR: /w/b/BUILD:1:1: syntax error\n\
              ERROR: Couldn't start the build. Unable to run tests\n",
+            true,
         );
         assert_eq!(plan.tests, ["//a:t"]);
         assert_eq!(plan.builds, ["//a:gen"]);
@@ -171,7 +179,12 @@ mod tests {
             r#""cmdLine":["--nobuild"]"#,
             r#""cmdLine":["--nobuild_tests_only","--build_tests_only"]"#,
         );
-        assert!(parse(&only_tests, "").builds.is_empty());
+        assert!(parse(&only_tests, "", true).builds.is_empty());
+        // `bazel build` builds every rule, test rules too, and runs nothing.
+        let build = parse(events, "", false);
+        assert!(build.tests.is_empty());
+        assert_eq!(build.builds, ["//a:gen", "//a:t"]);
+        assert_eq!(parse(&only_tests, "", false).builds, ["//a:t"]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The Bazel runner: one `bazel test` per batch of targets, results read from its build events.
+//! The Bazel runner: one `bazel test` (or `bazel build`) per batch of targets, results read from
+//! its build events.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,15 +21,20 @@ use crate::runner::{AssignedTask, TaskRunner};
 /// cleanly) before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
 
-/// Runs batches of test targets with the user's Bazel, startup options and test options.
+/// Runs batches of targets with the user's Bazel, startup options, command and options.
 #[derive(Debug)]
 pub struct BazelRunner {
     /// `$BAZEL_REAL`.
     pub bazel: PathBuf,
     /// The user's startup options.
     pub startup: Vec<String>,
-    /// The user's `test` options (remote cache flags included, as they are).
+    /// The user's command: `test` or `build`.
+    pub command: String,
+    /// The user's command options (remote cache flags included, as they are).
     pub options: Vec<String>,
+    /// The targets that are built, not tested (every target of a `bazel build`): their result
+    /// is "built" or "failed to build".
+    pub builds: BTreeSet<String>,
     /// The user's own `--build_event_json_file`: each batch's events are appended to it.
     pub user_events: Option<PathBuf>,
     /// Where each batch's build event file goes.
@@ -45,7 +52,7 @@ impl BazelRunner {
     /// The argv (after the program) for one batch.
     pub fn command_line(&self, targets: &[&str], events_file: &std::path::Path) -> Vec<String> {
         let mut argv = self.startup.clone();
-        argv.push("test".into());
+        argv.push(self.command.clone());
         argv.extend(self.options.iter().cloned());
         argv.push(format!("--build_event_json_file={}", events_file.display()));
         argv.push("--".into());
@@ -95,7 +102,13 @@ impl TaskRunner for BazelRunner {
         let mut reports: Vec<TaskReport> = tasks
             .iter()
             .map(|task| {
+                let build_task = self.builds.contains(&task.text);
                 let result = match events.result(&task.text) {
+                    Some(result) if build_task => TaskResult {
+                        outcome: built(result.outcome),
+                        exit_code: Some(exit),
+                        ..result
+                    },
                     Some(result) => TaskResult {
                         outcome: after_exit(result.outcome, exit),
                         exit_code: Some(exit),
@@ -146,6 +159,15 @@ fn after_exit(outcome: Outcome, exit: i32) -> Outcome {
         (Outcome::Skipped, code::SUCCESS | code::TESTS_FAILED | code::NO_TESTS) => outcome,
         (Outcome::Skipped, _) => Outcome::NoStatus,
         _ => outcome,
+    }
+}
+
+/// A build task's outcome: one that completed successfully was built (there is nothing to test,
+/// whatever the batch's exit code says of the others).
+fn built(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Skipped | Outcome::Passed => Outcome::Built,
+        other => other,
     }
 }
 
@@ -210,11 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn a_build_task_that_completed_was_built_whatever_the_batch_exit() {
+        assert_eq!(built(Outcome::Skipped), Outcome::Built);
+        assert_eq!(built(Outcome::FailedToBuild), Outcome::FailedToBuild);
+        assert_eq!(built(Outcome::NoStatus), Outcome::NoStatus);
+    }
+
+    #[test]
     fn a_batch_is_the_users_command_with_our_targets_and_event_file() {
         let runner = BazelRunner {
             bazel: "/usr/bin/bazel-real".into(),
             startup: vec!["--output_user_root=/r".into()],
+            command: "test".into(),
             options: vec!["-c".into(), "opt".into(), "--remote_cache=http://c".into()],
+            builds: BTreeSet::new(),
             user_events: None,
             events_dir: "/tmp/e".into(),
             batches: 0,

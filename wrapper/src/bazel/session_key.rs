@@ -1,5 +1,5 @@
-//! The session key of a `bazel test`: identical jobs of one CI run must compute the same key,
-//! and anything that changes what they would run must change it.
+//! The session key of a `bazel test` or `bazel build`: identical jobs of one CI run must compute
+//! the same key, and anything that changes what they would run must change it.
 
 use sha2::{Digest as _, Sha256};
 
@@ -13,15 +13,23 @@ const PER_JOB_OPTIONS: &[&str] = &[
     "--profile",
 ];
 
-/// `bazel/<run id>/<hash>`, the hash covering the commit, the command's options (without
-/// per-job output files) and the sorted target list.
-pub fn session_key(run_id: &str, commit: &str, options: &[String], targets: &[String]) -> String {
+/// `bazel/<run id>/<hash>`, the hash covering the commit, the command (`test` and `build` of
+/// the same targets are different work), its options (without per-job output files) and the
+/// sorted target list.
+pub fn session_key(
+    run_id: &str,
+    commit: &str,
+    command: &str,
+    options: &[String],
+    targets: &[String],
+) -> String {
     let mut hasher = Sha256::new();
     let mut field = |text: &str| {
         hasher.update((text.len() as u64).to_le_bytes());
         hasher.update(text.as_bytes());
     };
     field(commit);
+    field(command);
     let mut skip_value = false;
     for option in options {
         if std::mem::take(&mut skip_value) {
@@ -47,7 +55,7 @@ mod tests {
 
     fn key(options: &[&str], targets: &[&str]) -> String {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        session_key("run-1", "abc", &s(options), &s(targets))
+        session_key("run-1", "abc", "test", &s(options), &s(targets))
     }
 
     #[test]
@@ -62,6 +70,7 @@ mod tests {
             session_key(
                 "run-2",
                 "abc",
+                "test",
                 &["-c".into(), "opt".into()],
                 &["//a:t".into(), "//b:t".into()]
             )
@@ -71,6 +80,17 @@ mod tests {
             session_key(
                 "run-1",
                 "def",
+                "test",
+                &["-c".into(), "opt".into()],
+                &["//a:t".into(), "//b:t".into()]
+            )
+        );
+        assert_ne!(
+            base,
+            session_key(
+                "run-1",
+                "abc",
+                "build",
                 &["-c".into(), "opt".into()],
                 &["//a:t".into(), "//b:t".into()]
             )

@@ -1,4 +1,4 @@
-//! The exit code of a whole `bazel test` session, in Bazel's terms. Every job computes it from
+//! The exit code of a whole `bazel test` or `bazel build` session, in Bazel's terms. Every job computes it from
 //! the same report, so every job exits the same way.
 
 use schemas::{Outcome, SessionReport};
@@ -20,7 +20,8 @@ pub mod code {
 }
 
 /// The exit code Bazel would give the whole session: a build failure (or a target without a
-/// verdict) outranks a failed test, which outranks "no tests", which outranks success.
+/// verdict) outranks a failed test, which outranks "no tests" (every test filtered out, whatever
+/// was built), which outranks success.
 pub fn exit_code(report: &SessionReport) -> i32 {
     let outcomes = || report.records.iter().map(|r| r.result.outcome);
     if outcomes().any(|o| o == Outcome::FailedToBuild) {
@@ -40,7 +41,8 @@ pub fn exit_code(report: &SessionReport) -> i32 {
     if outcomes().any(|o| matches!(o, Outcome::Failed | Outcome::TimedOut)) {
         return code::TESTS_FAILED;
     }
-    if outcomes().all(|o| o == Outcome::Skipped) {
+    let nothing_tested = outcomes().all(|o| matches!(o, Outcome::Skipped | Outcome::Built));
+    if nothing_tested && (report.records.is_empty() || outcomes().any(|o| o == Outcome::Skipped)) {
         return code::NO_TESTS;
     }
     code::SUCCESS
@@ -85,6 +87,11 @@ mod tests {
             (&[(TimedOut, Some(3))], 3),
             (&[(Failed, Some(3)), (FailedToBuild, Some(1))], 1),
             (&[(Skipped, Some(4)), (Skipped, Some(0))], 4),
+            // `bazel test` whose tests were all filtered out still built the rest.
+            (&[(Skipped, Some(4)), (Built, Some(4))], 4),
+            // `bazel build`.
+            (&[(Built, Some(0)), (Built, Some(0))], 0),
+            (&[(Built, Some(1)), (FailedToBuild, Some(1))], 1),
             (&[], 4),
             (&[(Passed, Some(0)), (NoStatus, Some(2))], 2),
             (&[(NoStatus, Some(8)), (Failed, Some(3))], 8),
