@@ -784,13 +784,18 @@ impl Summary {
 }
 
 /// Parses the summary `task-sharding bazel` prints: the header
-/// `task-sharding: session "bazel test" complete: N tasks`, one row per target
+/// `task-sharding: session "bazel test" complete: N tasks` (or `"bazel build"`), one row per target
 /// (`<label>  [(cached) ]<OUTCOME> in <secs>s[, exit N]  [<client>]`), and the totals line.
 pub fn parse_summary(text: &str) -> Result<Summary> {
     let mut lines = text.lines();
     let header = lines.next().context("the summary is empty")?;
-    let tasks = header
-        .strip_prefix("task-sharding: session \"bazel test\" complete: ")
+    let tasks = ["test", "build"]
+        .iter()
+        .find_map(|command| {
+            header.strip_prefix(&format!(
+                "task-sharding: session \"bazel {command}\" complete: "
+            ))
+        })
         .and_then(|rest| rest.strip_suffix(" tasks"))
         .with_context(|| format!("unexpected summary header {header:?}"))?
         .parse()

@@ -483,6 +483,8 @@ fn other_commands_pass_through_untouched() {
             env.job_command(&bazel_under_test().real, &checkout, "job-1", &args)
         };
         command.env("TASK_SHARDING_BIN", &shim);
+        // `bazel build` is sharded unless opted out: with the opt-out it is Bazel's alone.
+        command.env("TASK_SHARDING_SHARD_BUILD", "0");
         let output = command.output().unwrap();
         (
             output.status.code(),
@@ -528,7 +530,7 @@ fn other_commands_pass_through_untouched() {
     assert_eq!(Path::new(workspace.trim()), checkout.workspace);
     let (_, targets, _) = run(true, &["query", "//..."]);
     assert!(targets.lines().any(|l| l == MANUAL_TEST), "{targets}");
-    // Nothing but `test` talks to the coordinator.
+    // Nothing but `test` (and a `build` not opted out) talks to the coordinator.
     let coordinator: &Coordinator = env.coordinator.as_ref().unwrap();
     assert!(
         !coordinator.log().contains("job-1"),

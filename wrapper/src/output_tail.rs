@@ -67,10 +67,9 @@ mod tests {
     use super::*;
     use std::process::Stdio;
 
-    #[tokio::test]
-    async fn stdout_and_stderr_end_up_in_the_tail() {
+    async fn tail_of(script: &str) -> String {
         let mut child = tokio::process::Command::new("sh")
-            .args(["-c", "seq 1 500; echo boom >&2"])
+            .args(["-c", script])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -78,10 +77,26 @@ mod tests {
         let tail = OutputTail::default();
         let copies = tail.capture(&mut child);
         child.wait().await.unwrap();
-        let text = tail.finish(copies).await;
-        assert!(text.contains("500\n"), "{text}");
-        assert!(text.contains("boom"), "{text}");
-        assert!(!text.contains("\n100\n"), "only the tail is kept");
+        tail.finish(copies).await
+    }
+
+    /// Regression: this test once wrote to both pipes and expected stderr's line last, but the
+    /// two pipes are read concurrently, so a line may arrive before another process's earlier
+    /// one and be trimmed away. Each pipe is checked on its own.
+    #[tokio::test]
+    async fn stdout_and_stderr_end_up_in_the_tail() {
+        let text = tail_of("seq 1 500").await;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"500"), "{text}");
+        assert!(!lines.contains(&"100"), "only the tail is kept");
+        assert_eq!(
+            tail_of("echo out; echo boom >&2; exit 1")
+                .await
+                .lines()
+                .count(),
+            2
+        );
+        assert!(tail_of("echo boom >&2").await.contains("boom"));
     }
 
     #[tokio::test]

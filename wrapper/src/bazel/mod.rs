@@ -165,9 +165,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         Err(e) => return fall_back(&e.to_string()),
     };
     let plan = match plan::plan(bazel, args, invocation.startup.len()).await {
-        Ok(plan) if command == "build" || !plan.tests.is_empty() => plan,
-        // `bazel test` of no test targets: Bazel itself says so best (and builds the rest).
-        Ok(_) => return passthrough(bazel, args),
+        Ok(plan) => plan,
         // Patterns or options Bazel rejects: it reports them, with its own error and code.
         Err(e) => {
             eprintln!("task-sharding: {e}; letting Bazel report it");
@@ -182,11 +180,19 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     for task in &mut schema.tasks {
         task.weight = plan.weights.get(&task.task).copied();
     }
+    // Negative patterns change what is tested (a subtracted suite's tests are built, not run)
+    // without changing the targets: they are part of what the jobs must agree on.
+    let negatives: Vec<String> = invocation
+        .patterns
+        .iter()
+        .filter(|p| p.starts_with('-'))
+        .cloned()
+        .collect();
     let key = session_key::session_key(
         &run_id,
         &head_commit(),
         command,
-        &invocation.options,
+        &[invocation.options.clone(), negatives.clone()].concat(),
         &labels(&schema),
     );
     let events = match EventsDir::new() {
@@ -198,6 +204,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         startup: invocation.startup.clone(),
         command: command.to_string(),
         options: batch_options(&invocation.options),
+        negatives: negatives.clone(),
         builds: plan.builds.iter().cloned().collect(),
         user_events: plan::user_events_file(args),
         events_dir: events.path().to_path_buf(),
@@ -238,7 +245,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     };
     match drive(&options, &schema, &mut runner, &session, on_progress).await {
         Outcome::Complete(report) | Outcome::Alone { report, .. } => {
-            with_loading_errors(finish(&schema, &report), &plan.errors)
+            with_loading_errors(finish(&schema, &report, command == "test"), &plan.errors)
         }
         Outcome::Unavailable(e) => fall_back(&e.to_string()),
         Outcome::Interrupted { alone } => {
@@ -391,8 +398,9 @@ fn progress(progress: Progress<'_>) {
     }
 }
 
-/// Prints the session's summary (and a Markdown table for GitHub), returns its exit code.
-fn finish(schema: &Schema, report: &SessionReport) -> i32 {
+/// Prints the session's summary (and a Markdown table for GitHub), returns its exit code
+/// (`testing` for `bazel test`).
+fn finish(schema: &Schema, report: &SessionReport, testing: bool) -> i32 {
     print!("{}", summary::render(schema, report));
     let junit = std::env::var_os("TASK_SHARDING_JUNIT").filter(|v| !v.is_empty());
     crate::junit::write_if_asked(junit.as_deref().map(std::path::Path::new), schema, report);
@@ -407,7 +415,7 @@ fn finish(schema: &Schema, report: &SessionReport) -> i32 {
             eprintln!("task-sharding: warning: cannot write GITHUB_STEP_SUMMARY: {e}");
         }
     }
-    verdict::exit_code(report)
+    verdict::exit_code(report, testing)
 }
 
 /// Where batches write their build events: `TASK_SHARDING_BEP_DIR` when set (kept, for

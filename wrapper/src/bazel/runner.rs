@@ -32,6 +32,11 @@ pub struct BazelRunner {
     pub command: String,
     /// The user's command options (remote cache flags included, as they are).
     pub options: Vec<String>,
+    /// The user's negative target patterns (`-//a:suite`), given to every batch after its
+    /// targets: Bazel then leaves untested what the user's command would (the tests of a
+    /// subtracted `test_suite` are still built, as other targets its patterns match, but not
+    /// run), and reports them as such.
+    pub negatives: Vec<String>,
     /// The targets that are built, not tested (every target of a `bazel build`): their result
     /// is "built" or "failed to build".
     pub builds: BTreeSet<String>,
@@ -57,6 +62,7 @@ impl BazelRunner {
         argv.push(format!("--build_event_json_file={}", events_file.display()));
         argv.push("--".into());
         argv.extend(targets.iter().map(|t| t.to_string()));
+        argv.extend(self.negatives.iter().cloned());
         argv
     }
 }
@@ -245,6 +251,7 @@ mod tests {
             startup: vec!["--output_user_root=/r".into()],
             command: "test".into(),
             options: vec!["-c".into(), "opt".into(), "--remote_cache=http://c".into()],
+            negatives: vec!["-//a:suite".into()],
             builds: BTreeSet::new(),
             user_events: None,
             events_dir: "/tmp/e".into(),
@@ -265,7 +272,8 @@ mod tests {
                 "--build_event_json_file=/tmp/e/batch-1.json",
                 "--",
                 "//a:t",
-                "//b:t"
+                "//b:t",
+                "-//a:suite"
             ]
         );
     }

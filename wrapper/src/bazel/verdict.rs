@@ -19,10 +19,11 @@ pub mod code {
     pub const INTERRUPTED: i32 = 8;
 }
 
-/// The exit code Bazel would give the whole session: a build failure (or a target without a
-/// verdict) outranks a failed test, which outranks "no tests" (every test filtered out, whatever
-/// was built), which outranks success.
-pub fn exit_code(report: &SessionReport) -> i32 {
+/// The exit code Bazel would give the whole session (`testing` for `bazel test`, not for
+/// `bazel build`): a build failure (or a target without a verdict) outranks a failed test,
+/// which outranks "no tests" (a `bazel test` none of whose tests ran, whatever was built),
+/// which outranks success.
+pub fn exit_code(report: &SessionReport, testing: bool) -> i32 {
     let outcomes = || report.records.iter().map(|r| r.result.outcome);
     if outcomes().any(|o| o == Outcome::FailedToBuild) {
         return code::BUILD_FAILURE;
@@ -41,8 +42,7 @@ pub fn exit_code(report: &SessionReport) -> i32 {
     if outcomes().any(|o| matches!(o, Outcome::Failed | Outcome::TimedOut)) {
         return code::TESTS_FAILED;
     }
-    let nothing_tested = outcomes().all(|o| matches!(o, Outcome::Skipped | Outcome::Built));
-    if nothing_tested && (report.records.is_empty() || outcomes().any(|o| o == Outcome::Skipped)) {
+    if testing && outcomes().all(|o| matches!(o, Outcome::Skipped | Outcome::Built)) {
         return code::NO_TESTS;
     }
     code::SUCCESS
@@ -78,6 +78,16 @@ mod tests {
     type Case<'a> = (&'a [(Outcome, Option<i32>)], i32);
 
     #[test]
+    fn a_build_of_built_targets_succeeds_and_a_test_of_them_found_no_tests() {
+        use Outcome::*;
+        let built = report(&[(Built, Some(0)), (Built, Some(0))]);
+        assert_eq!(exit_code(&built, false), code::SUCCESS);
+        assert_eq!(exit_code(&built, true), code::NO_TESTS);
+        let broken = report(&[(Built, Some(1)), (FailedToBuild, Some(1))]);
+        assert_eq!(exit_code(&broken, false), code::BUILD_FAILURE);
+    }
+
+    #[test]
     fn the_worst_outcome_decides() {
         use Outcome::*;
         let cases: &[Case] = &[
@@ -89,9 +99,6 @@ mod tests {
             (&[(Skipped, Some(4)), (Skipped, Some(0))], 4),
             // `bazel test` whose tests were all filtered out still built the rest.
             (&[(Skipped, Some(4)), (Built, Some(4))], 4),
-            // `bazel build`.
-            (&[(Built, Some(0)), (Built, Some(0))], 0),
-            (&[(Built, Some(1)), (FailedToBuild, Some(1))], 1),
             (&[], 4),
             (&[(Passed, Some(0)), (NoStatus, Some(2))], 2),
             (&[(NoStatus, Some(8)), (Failed, Some(3))], 8),
@@ -99,7 +106,7 @@ mod tests {
             (&[(NoStatus, None)], 1),
         ];
         for (outcomes, want) in cases {
-            assert_eq!(exit_code(&report(outcomes)), *want, "{outcomes:?}");
+            assert_eq!(exit_code(&report(outcomes), true), *want, "{outcomes:?}");
         }
     }
 }
