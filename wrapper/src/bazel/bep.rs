@@ -15,14 +15,14 @@ use serde_json::Value;
 struct TargetEvents {
     /// `testSummary.overallStatus`.
     summary_status: Option<String>,
-    /// `testSummary.totalRunDurationMillis` (or the sum of the attempts).
+    /// `testSummary.totalRunDurationMillis`: the sum of every run's time, all shards and
+    /// `--runs_per_test` runs together. Used only when no attempt says how long it took.
     summary_duration_ms: Option<u64>,
     /// Whether any attempt actually executed (rather than being a cache hit).
     executed: bool,
-    /// Milliseconds spent by the attempts that executed.
-    executed_ms: u64,
-    /// Milliseconds of all attempts, executed or fetched.
-    attempts_ms: u64,
+    /// The longest attempt (of any shard, run or retry, executed or fetched from a cache), in
+    /// milliseconds: the time Bazel's own summary line shows (`PASSED in 1.2s`).
+    longest_attempt_ms: Option<u64>,
     /// `Some(success)` from `targetCompleted`; `Some(false)` also when it was aborted.
     built: Option<bool>,
     /// The target's completion was aborted (e.g. the build stopped before it).
@@ -56,19 +56,21 @@ impl BatchEvents {
         let id = &event["id"];
         if let Some(label) = id["testResult"]["label"].as_str() {
             let result = &event["testResult"];
-            let duration = millis(&result["testAttemptDurationMillis"]);
+            let duration = result
+                .get("testAttemptDurationMillis")
+                .map(millis)
+                .or_else(|| duration_ms(&result["testAttemptDuration"]));
             let start = millis(&result["testAttemptStartMillisEpoch"]);
             if start > 0 {
-                self.attempts.push((start, start + duration));
+                self.attempts.push((start, start + duration.unwrap_or(0)));
             }
             let cached = result["cachedLocally"].as_bool() == Some(true)
                 || result["executionInfo"]["cachedRemotely"].as_bool() == Some(true)
                 || result["executionInfo"]["strategy"].as_str() == Some("remote cache hit");
             let target = self.target(label);
-            target.attempts_ms += duration;
+            target.longest_attempt_ms = target.longest_attempt_ms.max(duration);
             if !cached && !result.is_null() {
                 target.executed = true;
-                target.executed_ms += duration;
             }
         } else if let Some(label) = id["testSummary"]["label"].as_str() {
             let summary = &event["testSummary"];
@@ -77,6 +79,7 @@ impl BatchEvents {
             target.summary_duration_ms = summary
                 .get("totalRunDurationMillis")
                 .map(millis)
+                .or_else(|| duration_ms(&summary["totalRunDuration"]))
                 .filter(|ms| *ms > 0);
         } else if let Some(label) = id["targetCompleted"]["label"].as_str() {
             let aborted = event.get("aborted").is_some();
@@ -127,11 +130,15 @@ impl BatchEvents {
             (None, Some(true)) => Outcome::Skipped,
             (None, None) => return None,
         };
-        let duration_ms = if target.executed {
-            target.executed_ms
-        } else {
-            target.summary_duration_ms.unwrap_or(target.attempts_ms)
-        };
+        // Bazel's summary line gives a sharded (or `--runs_per_test`, or retried) test the
+        // longest of its attempts' times, not their sum: `TestSummaryPrinter.getTimeSummary`
+        // prints the max of `TestSummary.getTestTimes()` (with "Stats over N runs" below it),
+        // the same in Bazel 4.2.3 and 7. The shards run side by side, so the longest is also
+        // about how long the test held up its batch.
+        let duration_ms = target
+            .longest_attempt_ms
+            .or(target.summary_duration_ms)
+            .unwrap_or(0);
         Some(TaskResult {
             outcome,
             exit_code: None,
@@ -152,6 +159,13 @@ fn outcome_of(status: &str) -> Outcome {
         // NO_STATUS, INCOMPLETE, TOOL_HALTED_BEFORE_TESTING and anything newer.
         _ => Outcome::NoStatus,
     }
+}
+
+/// A protobuf `Duration` as JSON writes it (`"1.500s"`), in milliseconds: newer Bazels write
+/// these beside (and may one day write them instead of) the `...Millis` fields.
+fn duration_ms(value: &Value) -> Option<u64> {
+    let seconds: f64 = value.as_str()?.strip_suffix('s')?.parse().ok()?;
+    (seconds >= 0.0).then(|| (seconds * 1000.0).round() as u64)
 }
 
 /// BEP writes 64-bit integers as strings.
@@ -200,7 +214,8 @@ mod tests {
             ("//a:pass", Some((Outcome::Passed, true, 412))),
             ("//a:cached", Some((Outcome::Passed, false, 9))),
             ("//a:local", Some((Outcome::Passed, false, 3))),
-            ("//a:flaky", Some((Outcome::Flaky, true, 250))),
+            // Its longest attempt, as Bazel's summary shows it.
+            ("//a:flaky", Some((Outcome::Flaky, true, 150))),
             ("//a:fail", Some((Outcome::Failed, false, 0))),
             ("//a:slow", Some((Outcome::TimedOut, false, 0))),
             ("//a:broken", Some((Outcome::FailedToBuild, false, 0))),
@@ -212,6 +227,44 @@ mod tests {
             assert_eq!(outcome(&events, label), want, "{label}");
         }
         assert_eq!(events.exit_code, Some(3));
+    }
+
+    /// Regression (issue 10): a sharded test's time was the sum of its shards (2.6s here),
+    /// where Bazel 4.2.3's own summary of the same events reads
+    /// `//:sharded  PASSED in 1.3s` / `Stats over 3 runs: max = 1.3s, min = 0.5s, ...`: the
+    /// longest shard. The same for `--runs_per_test=3` (`PASSED in 0.4s`) and for a retried
+    /// flaky test. The lines are Bazel 4.2.3's, trimmed.
+    #[test]
+    fn a_sharded_test_takes_as_long_as_its_longest_shard_as_bazel_says() {
+        let events = r#"{"id":{"targetCompleted":{"label":"//:sharded"}},"completed":{"success":true}}
+{"id":{"testResult":{"label":"//:sharded","run":1,"shard":1,"attempt":1}},"testResult":{"testAttemptDurationMillis":"502","status":"PASSED","testAttemptStartMillisEpoch":"1796185314995","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testResult":{"label":"//:sharded","run":1,"shard":3,"attempt":1}},"testResult":{"testAttemptDurationMillis":"798","status":"PASSED","testAttemptStartMillisEpoch":"1796185314987","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testResult":{"label":"//:sharded","run":1,"shard":2,"attempt":1}},"testResult":{"testAttemptDurationMillis":"1316","status":"PASSED","testAttemptStartMillisEpoch":"1796185315721","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testSummary":{"label":"//:sharded"}},"testSummary":{"totalRunCount":3,"overallStatus":"PASSED","firstStartTimeMillis":"1796185314987","lastStopTimeMillis":"1796185317037","totalRunDurationMillis":"2616","runCount":1,"shardCount":3}}
+{"id":{"testResult":{"label":"//:runs","run":3,"shard":1,"attempt":1}},"testResult":{"testAttemptDurationMillis":"437","status":"PASSED","testAttemptStartMillisEpoch":"1796185319503","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testResult":{"label":"//:runs","run":1,"shard":1,"attempt":1}},"testResult":{"testAttemptDurationMillis":"416","status":"PASSED","testAttemptStartMillisEpoch":"1796185319501","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testResult":{"label":"//:runs","run":2,"shard":1,"attempt":1}},"testResult":{"testAttemptDurationMillis":"422","status":"PASSED","testAttemptStartMillisEpoch":"1796185320107","executionInfo":{"strategy":"linux-sandbox"}}}
+{"id":{"testSummary":{"label":"//:runs"}},"testSummary":{"totalRunCount":3,"overallStatus":"PASSED","totalRunDurationMillis":"1275","runCount":3}}"#;
+        let events = BatchEvents::parse(events);
+        assert_eq!(
+            outcome(&events, "//:sharded"),
+            Some((Outcome::Passed, true, 1316))
+        );
+        assert_eq!(
+            outcome(&events, "//:runs"),
+            Some((Outcome::Passed, true, 437))
+        );
+    }
+
+    #[test]
+    fn durations_written_as_protobuf_durations_are_read_too() {
+        let events = BatchEvents::parse(
+            r#"{"id":{"testResult":{"label":"//a","run":1,"shard":1,"attempt":1}},"testResult":{"status":"PASSED","testAttemptDuration":"1.250s"}}
+{"id":{"testSummary":{"label":"//a"}},"testSummary":{"overallStatus":"PASSED","totalRunDuration":"1.250s"}}
+{"id":{"testSummary":{"label":"//b"}},"testSummary":{"overallStatus":"PASSED","totalRunDuration":"0.400s"}}"#,
+        );
+        assert_eq!(outcome(&events, "//a"), Some((Outcome::Passed, true, 1250)));
+        assert_eq!(outcome(&events, "//b"), Some((Outcome::Passed, false, 400)));
     }
 
     #[test]
