@@ -749,8 +749,12 @@ pub struct SummaryRow {
     pub cached: bool,
     /// `PASSED`, `FAILED`, `SKIPPED`, ...
     pub outcome: String,
-    /// The `exit N` shown for unsuccessful outcomes.
+    /// A task's own exit code (`FAILED in 0.3s, exit 3`), which a Bazel target never has: its
+    /// batch's code belongs to the whole batch.
     pub exit: Option<i32>,
+    /// The exit code of the Bazel that ran the batch of a target left without a verdict of
+    /// its own (`NO STATUS (bazel exited 2)`).
+    pub bazel_exit: Option<i32>,
     /// The job that produced the result.
     pub client: String,
 }
@@ -785,7 +789,8 @@ impl Summary {
 
 /// Parses the summary `task-sharding bazel` prints: the header
 /// `task-sharding: session "bazel test" complete: N tasks` (or `"bazel build"`), one row per target
-/// (`<label>  [(cached) ]<OUTCOME> in <secs>s[, exit N]  [<client>]`), and the totals line.
+/// (`<label>  [(cached) ]<OUTCOME>[ in <secs>s][, exit N][ (bazel exited N)]  [<client>]`), and
+/// the totals line.
 pub fn parse_summary(text: &str) -> Result<Summary> {
     let mut lines = text.lines();
     let header = lines.next().context("the summary is empty")?;
@@ -823,16 +828,34 @@ fn parse_row(line: &str) -> Option<SummaryRow> {
         Some(rest) => (true, rest),
         None => (false, detail),
     };
-    let (outcome, timing) = detail.rsplit_once(" in ")?;
-    let exit = match timing.split_once(", exit ") {
-        Some((_, code)) => Some(code.parse().ok()?),
-        None => None,
+    let (detail, bazel_exit) = match detail.strip_suffix(')') {
+        Some(rest) => {
+            let (rest, code) = rest.rsplit_once(" (bazel exited ")?;
+            (rest, Some(code.parse().ok()?))
+        }
+        None => (detail, None),
+    };
+    let (detail, exit) = match detail.rsplit_once(", exit ") {
+        Some((rest, code)) => (rest, Some(code.parse().ok()?)),
+        None => (detail, None),
+    };
+    // The time, when there is one, is `<digits>.<digit>s`.
+    let outcome = match detail.rsplit_once(" in ") {
+        Some((outcome, time))
+            if time
+                .strip_suffix('s')
+                .is_some_and(|t| t.parse::<f64>().is_ok()) =>
+        {
+            outcome
+        }
+        _ => detail,
     };
     Some(SummaryRow {
         label: label.to_string(),
         cached,
         outcome: outcome.to_string(),
         exit,
+        bazel_exit,
         client,
     })
 }
@@ -858,16 +881,17 @@ mod tests {
 
     #[test]
     fn summaries_parse() {
-        let text = "task-sharding: session \"bazel test\" complete: 3 tasks\n\
+        let text = "task-sharding: session \"bazel test\" complete: 4 tasks\n\
                     //a:b_test           PASSED in 0.4s  [job-1]\n\
                     //strings:broken_test  FAILED in 0.3s, exit 3  [job-2]\n\
                     //c:d                (cached) SKIPPED in 0.0s  [job-1 (alone)]\n\
-                    task-sharding: 1 passed, 1 failed, 1 skipped; run by 3 clients\n";
+                    //e:f                NO STATUS (bazel exited 2)  [job-3]\n\
+                    task-sharding: 1 passed, 1 failed, 1 skipped, 1 no status; run by 3 clients\n";
         let summary = parse_summary(text).unwrap();
-        assert_eq!(summary.tasks, 3);
+        assert_eq!(summary.tasks, 4);
         assert_eq!(
             summary.totals,
-            "1 passed, 1 failed, 1 skipped; run by 3 clients"
+            "1 passed, 1 failed, 1 skipped, 1 no status; run by 3 clients"
         );
         assert_eq!(
             summary.rows,
@@ -877,6 +901,7 @@ mod tests {
                     cached: false,
                     outcome: "PASSED".into(),
                     exit: None,
+                    bazel_exit: None,
                     client: "job-1".into()
                 },
                 SummaryRow {
@@ -884,6 +909,7 @@ mod tests {
                     cached: false,
                     outcome: "FAILED".into(),
                     exit: Some(3),
+                    bazel_exit: None,
                     client: "job-2".into()
                 },
                 SummaryRow {
@@ -891,7 +917,16 @@ mod tests {
                     cached: true,
                     outcome: "SKIPPED".into(),
                     exit: None,
+                    bazel_exit: None,
                     client: "job-1 (alone)".into()
+                },
+                SummaryRow {
+                    label: "//e:f".into(),
+                    cached: false,
+                    outcome: "NO STATUS".into(),
+                    exit: None,
+                    bazel_exit: Some(2),
+                    client: "job-3".into()
                 },
             ]
         );

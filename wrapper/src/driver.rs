@@ -156,7 +156,7 @@ pub async fn run_alone<R: TaskRunner>(
         })
         .collect();
     if !rest.is_empty() {
-        let alone = format!("{client_id} (alone)");
+        let alone = alone_name(client_id);
         for report in runner.run(&rest, interrupt.clone()).await {
             let record = TaskRecord {
                 task: report.task,
@@ -170,6 +170,20 @@ pub async fn run_alone<R: TaskRunner>(
         schema_name: schema.name.clone(),
         records: records.into_values().collect(),
     }
+}
+
+/// Marks the results a client ran on its own after losing the coordinator.
+const ALONE_SUFFIX: &str = " (alone)";
+
+/// The name under which `client_id`'s results run alone are reported: `job-2 (alone)`.
+fn alone_name(client_id: &str) -> String {
+    format!("{client_id}{ALONE_SUFFIX}")
+}
+
+/// The job behind a report's client name: `job-2` for both `job-2` and `job-2 (alone)`, so that
+/// counting jobs does not count a job that lost its coordinator twice.
+pub fn job_of(client: &str) -> &str {
+    client.strip_suffix(ALONE_SUFFIX).unwrap_or(client)
 }
 
 /// A token that fires on the first SIGINT or SIGTERM, for [`SessionOptions::interrupt`]. The

@@ -62,8 +62,11 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
                     _ => NonSuccessKind::Error,
                 };
                 let mut status = TestCaseStatus::non_success(kind);
-                let message = match record.result.exit_code {
-                    Some(code) => format!("{} (exit {code}) [{}]", outcome.label(), record.client),
+                // Worded as the terminal summary words it: `FAILED [job-2]` for a Bazel test,
+                // `NO STATUS (bazel exited 2) [job-2]` for a target whose batch's code is all
+                // there is to say.
+                let message = match crate::summary::exit_note(&record.result) {
+                    Some(note) => format!("{} ({note}) [{}]", outcome.label(), record.client),
                     None => format!("{} [{}]", outcome.label(), record.client),
                 };
                 status.set_message(message).set_type(outcome.label());
@@ -93,7 +96,8 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
             .entry(suite_name.clone())
             .or_insert_with(|| (TestSuite::new(suite_name), BTreeSet::new()));
         suite.add_test_case(case);
-        jobs.insert(record.client.as_str());
+        // A job that finished alone after losing the coordinator is still one job.
+        jobs.insert(crate::driver::job_of(&record.client));
     }
     let mut report = Report::new(name.to_string());
     report.add_test_suites(suites.into_values().map(|(mut suite, jobs)| {
@@ -232,6 +236,36 @@ mod tests {
         assert_eq!(hosts, ["job-1,job-2", "job-1,job-3", "job-2"]);
         assert!(matches!(cases[2].1, TestCaseStatus::Skipped { .. }));
         assert!(matches!(cases[4].1, TestCaseStatus::Success { .. }));
+    }
+
+    /// Regression (issue 10): the suite of a job that finished alone after losing the
+    /// coordinator named it twice (`job-1,job-1 (alone)`), and a target's message gave its
+    /// batch's exit code as its own.
+    #[test]
+    fn a_job_that_finished_alone_is_one_host_and_a_batch_code_is_the_batchs() {
+        let schema = Schema::new("bazel test", ["//a:one", "//a:two"]).unwrap();
+        let never = TaskRecord {
+            result: TaskResult {
+                exit_code: Some(2),
+                ..record(1, Outcome::NoStatus, "job-1 (alone)").result
+            },
+            ..record(1, Outcome::NoStatus, "job-1 (alone)")
+        };
+        let session = SessionReport {
+            schema_name: schema.name.clone(),
+            records: vec![record(0, Outcome::Passed, "job-1"), never],
+        };
+        let parsed =
+            Report::deserialize_from_str(&report("r", &schema, &session).to_string().unwrap())
+                .unwrap();
+        assert_eq!(parsed.test_suites[0].extra["hostname"].as_str(), "job-1");
+        match &parsed.test_suites[0].test_cases[1].status {
+            TestCaseStatus::NonSuccess { message, .. } => assert_eq!(
+                message.as_ref().map(|m| m.as_str()),
+                Some("NO STATUS (bazel exited 2) [job-1 (alone)]")
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

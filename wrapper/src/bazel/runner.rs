@@ -110,20 +110,24 @@ impl TaskRunner for BazelRunner {
             .map(|task| {
                 let build_task = self.builds.contains(&task.text);
                 let result = match events.result(&task.text) {
-                    Some(result) if build_task => TaskResult {
-                        outcome: built(result.outcome),
-                        exit_code: Some(exit),
-                        ..result
-                    },
-                    Some(result) => TaskResult {
-                        outcome: after_exit(result.outcome, exit),
-                        exit_code: Some(exit),
-                        ..result
-                    },
+                    Some(result) if build_task => with_batch_exit(
+                        TaskResult {
+                            outcome: built(result.outcome),
+                            ..result
+                        },
+                        exit,
+                    ),
+                    Some(result) => with_batch_exit(
+                        TaskResult {
+                            outcome: after_exit(result.outcome, exit),
+                            ..result
+                        },
+                        exit,
+                    ),
                     // Every target of the batch was filtered out: not a failure.
                     None if exit == code::NO_TESTS => TaskResult {
                         outcome: Outcome::Skipped,
-                        exit_code: Some(exit),
+                        exit_code: None,
                         duration_ms: 0,
                         executed: false,
                         log_tail: None,
@@ -165,6 +169,18 @@ fn after_exit(outcome: Outcome, exit: i32) -> Outcome {
         (Outcome::Skipped, code::SUCCESS | code::TESTS_FAILED | code::NO_TESTS) => outcome,
         (Outcome::Skipped, _) => Outcome::NoStatus,
         _ => outcome,
+    }
+}
+
+/// `result` with the batch's exit code where it is the only word on the target: one Bazel ran
+/// the whole batch, so its code is no test's own (a passing test's batch exits 3 when another
+/// test fails). Only a target left without a verdict of its own (NO STATUS, FAILED TO BUILD)
+/// carries it, to say why and to give the session's exit code (see [`super::verdict`]).
+fn with_batch_exit(result: TaskResult, exit: i32) -> TaskResult {
+    let without_verdict = matches!(result.outcome, Outcome::NoStatus | Outcome::FailedToBuild);
+    TaskResult {
+        exit_code: without_verdict.then_some(exit),
+        ..result
     }
 }
 
@@ -235,6 +251,34 @@ mod tests {
             after_exit(Outcome::Passed, code::BUILD_FAILURE),
             Outcome::Passed
         );
+    }
+
+    /// Regression (issue 10): every failing test's row said `FAILED in 0.1s, exit 3`, the
+    /// batch's exit code, and a passing test's result carried a 3 it never returned.
+    #[test]
+    fn a_test_with_a_verdict_does_not_carry_its_batchs_exit_code() {
+        let result = |outcome| TaskResult {
+            outcome,
+            exit_code: None,
+            duration_ms: 100,
+            executed: true,
+            log_tail: None,
+        };
+        let codes = [
+            (Outcome::Failed, code::TESTS_FAILED, None),
+            (Outcome::Passed, code::TESTS_FAILED, None),
+            (Outcome::TimedOut, code::TESTS_FAILED, None),
+            (Outcome::Built, code::BUILD_FAILURE, None),
+            (Outcome::NoStatus, code::COMMAND_LINE, Some(2)),
+            (Outcome::FailedToBuild, code::BUILD_FAILURE, Some(1)),
+        ];
+        for (outcome, exit, want) in codes {
+            assert_eq!(
+                with_batch_exit(result(outcome), exit).exit_code,
+                want,
+                "{outcome:?}"
+            );
+        }
     }
 
     #[test]
