@@ -89,6 +89,23 @@ fn executions_from_bep(env: &BazelEnv) -> BTreeMap<String, usize> {
     counts
 }
 
+/// What Bazel says of a batch none of whose targets is a test that runs.
+const NO_TEST_TARGETS: &str = "No test targets were found, yet testing was requested";
+
+/// How many batches, of every job, Bazel ended with "no test targets" (exit code 4).
+fn batches_without_tests(env: &BazelEnv) -> usize {
+    env.build_events_per_job()
+        .into_values()
+        .flatten()
+        .filter(|events| {
+            events
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|e| e["finished"]["exitCode"]["code"] == 4)
+        })
+        .count()
+}
+
 /// Everything about a test's jobs, for failure messages.
 fn report(env: &BazelEnv, jobs: &[Finished]) -> String {
     format!(
@@ -296,7 +313,20 @@ fn filtered_failing_test_means_exit_0() {
         "{}{why}",
         summary.totals
     );
-    eprintln!("filtered_failing_test_means_exit_0:\n{}", jobs[0].summary());
+    // Regression (issue 10): a batch of only the filtered test (or only the library) said
+    // "No test targets were found" into a session that has 25 of them.
+    for job in &jobs {
+        assert!(
+            !job.stderr().contains(NO_TEST_TARGETS),
+            "{} printed {NO_TEST_TARGETS:?}{why}",
+            job.name
+        );
+    }
+    eprintln!(
+        "filtered_failing_test_means_exit_0: {} batches found no test targets\n{}",
+        batches_without_tests(&env),
+        jobs[0].summary()
+    );
 }
 
 #[test]

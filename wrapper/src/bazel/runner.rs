@@ -1,6 +1,8 @@
 //! The Bazel runner: one `bazel test` (or `bazel build`) per batch of targets, results read from
 //! its build events.
 
+mod batch_stderr;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -73,26 +75,30 @@ impl TaskRunner for BazelRunner {
         let events_file = self.events_dir.join(format!("batch-{}.json", self.batches));
         let labels: Vec<&str> = tasks.iter().map(|t| t.text.as_str()).collect();
         let started = Instant::now();
-        let spawned = Command::new(&self.bazel)
+        let mut command = Command::new(&self.bazel);
+        command
             .args(self.command_line(&labels, &events_file))
             .env(WRAPPED_MARKER, "1")
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
+            .kill_on_drop(true);
+        batch_stderr::pipe_unless_terminal(&mut command);
+        let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
                 eprintln!("task-sharding: cannot start {}: {e}", self.bazel.display());
                 return no_verdict(tasks, code::BUILD_FAILURE, started);
             }
         };
+        let stderr = batch_stderr::Forwarder::start(&mut child);
         let status = tokio::select! {
             status = child.wait() => status,
             () = abort.cancelled() => {
                 terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
+                stderr.finish().await;
                 return Vec::new();
             }
         };
+        stderr.finish().await;
         let exit = match status {
             Ok(status) => status.code().unwrap_or(code::INTERRUPTED),
             Err(e) => {
