@@ -1226,8 +1226,8 @@ fn scanner_handles_globs_labels_and_strings() {
     assert!(calls("rust_library(name = \"a\"", true).is_err());
 }
 
-/// The bug this pins: wrapper/src/bazel/args.rs reads flags.txt with `include_str!`, the
-/// `rust_library` had no `compile_data`, and only `bazel build //...` noticed.
+/// The bug this pins: wrapper/src/bazel/args.rs read flags.txt (since removed) with
+/// `include_str!`, the `rust_library` had no `compile_data`, and only `bazel build //...` noticed.
 #[test]
 fn regression_include_str_without_compile_data_is_reported() {
     let no_data = GOOD_BUILD.replace("    compile_data = [\"src/flags.txt\"],\n", "");
@@ -1297,8 +1297,8 @@ fn scanner_finds_compile_time_reads() {
     assert_eq!(reads[1], Ok("../data/b.bin".to_owned()));
     assert!(reads[2].is_err());
     assert_eq!(
-        resolve_relative("src/bazel/args.rs", "flags.txt").as_deref(),
-        Ok("src/bazel/flags.txt")
+        resolve_relative("src/bazel/plan.rs", "testdata/plan-4.2.3.json").as_deref(),
+        Ok("src/bazel/testdata/plan-4.2.3.json")
     );
     assert_eq!(
         resolve_relative("src/schema.rs", "../examples/a.yaml").as_deref(),

@@ -1,62 +1,54 @@
-//! Bazel's command line, parsed as Bazel reads it: startup options, the command, its options,
-//! and target patterns (before and after `--`). A pure function with table-driven tests.
+//! Where the command is in Bazel's argv: the first argument that is not a startup option. That
+//! is all the wrapper reads of the command line before planning, so that every command but
+//! `test` and `build` goes to Bazel without a Bazel call; the command's options and target
+//! patterns come later from Bazel's own parse, in the plan's build events ([`super::plan`]).
 //!
-//! Which options take a value comes from `flags.txt`, generated from `bazel help completion`
-//! (`scripts/gen-bazel-flags.sh`), so `-c opt` or `--config ci` are never taken for targets.
-//! An option the table does not know is taken as a boolean; `--name=value` is always safe.
+//! Bazel's client splits the command line the same way: it takes arguments starting with `-`
+//! (but `-h`, `-help` and `--help`, which are the `help` command) as startup options, and fails
+//! on one it does not know. Only the options in [`STARTUP_VALUES`] can take their value as the
+//! next argument; every other startup option is a boolean.
+//!
+//! A mis-parse here errs towards passing through: a value-taking startup option a future Bazel
+//! adds, given with a separate value, makes that value look like the command, which is not
+//! `test` or `build` (so Bazel runs the command line unchanged), or if it is, the planning run
+//! puts `--nobuild` where Bazel expects its command, Bazel rejects it, and the original command
+//! runs unchanged; the plan's own record of the command ([`super::plan::Plan::command`]) is
+//! checked as well.
 
-use std::collections::HashSet;
-use std::sync::OnceLock;
-
-/// The generated table of commands and value-taking options.
-const FLAGS: &str = include_str!("flags.txt");
-
-/// Short options and whether they take a value (Bazel's abbreviations).
-const SHORT_OPTIONS: &[(&str, bool)] = &[
-    ("-c", true),
-    ("-j", true),
-    ("-k", false),
-    ("-s", false),
-    ("-t", false),
+/// The startup options that take a value, which may be the next argument (`--output_base /ob`):
+/// the client's unary startup flags (`RegisterUnaryStartupFlag` in Bazel's
+/// `src/main/cpp/startup_options.cc` and `bazel_startup_options.cc`). The same 18 in Bazel 4.2.3
+/// and 7.7.1: each accepted `--NAME 3 --bogus` (failing on `--bogus`, so `3` was its value),
+/// while older names (`--host_javabase`, `--blazerc`, `--install_md5`) were unknown to both.
+pub const STARTUP_VALUES: &[&str] = &[
+    "bazelrc",
+    "command_port",
+    "connect_timeout_secs",
+    "digest_function",
+    "failure_detail_out",
+    "host_jvm_args",
+    "host_jvm_profile",
+    "install_base",
+    "invocation_policy",
+    "io_nice_level",
+    "local_startup_timeout_secs",
+    "macos_qos_class",
+    "max_idle_secs",
+    "output_base",
+    "output_user_root",
+    "server_javabase",
+    "server_jvm_out",
+    "unix_digest_hash_attribute_name",
 ];
 
-struct Tables {
-    commands: HashSet<&'static str>,
-    startup_values: HashSet<&'static str>,
-    option_values: HashSet<&'static str>,
-}
-
-fn tables() -> &'static Tables {
-    static TABLES: OnceLock<Tables> = OnceLock::new();
-    TABLES.get_or_init(|| {
-        let mut tables = Tables {
-            commands: HashSet::new(),
-            startup_values: HashSet::new(),
-            option_values: HashSet::new(),
-        };
-        for line in FLAGS.lines().filter(|l| !l.starts_with('#')) {
-            match line.split_once(' ') {
-                Some(("command", name)) => tables.commands.insert(name),
-                Some(("startup", name)) => tables.startup_values.insert(name),
-                Some(("option", name)) => tables.option_values.insert(name),
-                _ => false,
-            };
-        }
-        tables
-    })
-}
-
-/// A parsed Bazel command line.
+/// Bazel's argv split at the command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invocation {
-    /// Options before the command (`--output_user_root=...`), as given.
+    /// Options before the command (`--output_user_root=...`), as given; their count is the
+    /// command's index in argv.
     pub startup: Vec<String>,
     /// The command (`test`, `build`, ...), if any.
     pub command: Option<String>,
-    /// The command's options, as given (an option and its separate value stay adjacent).
-    pub options: Vec<String>,
-    /// Target patterns, in order, from before and after `--` (negative ones start with `-`).
-    pub patterns: Vec<String>,
 }
 
 impl Invocation {
@@ -64,70 +56,42 @@ impl Invocation {
     pub fn is_shardable(&self) -> bool {
         matches!(self.command.as_deref(), Some("test" | "build"))
     }
+
+    /// The command's index in argv.
+    pub fn command_at(&self) -> usize {
+        self.startup.len()
+    }
 }
 
-/// Parses Bazel's argv (without the program name).
+/// Finds the command in Bazel's argv (without the program name).
 pub fn parse(args: &[String]) -> Invocation {
-    let tables = tables();
     let mut invocation = Invocation::default();
-    let mut rest = args.iter().peekable();
-
-    // Startup options: everything before the first word that is not an option.
-    while let Some(arg) = rest.peek() {
-        if !arg.starts_with('-') {
-            break;
-        }
-        let arg = rest.next().expect("peeked");
-        invocation.startup.push(arg.clone());
-        if takes_separate_value(arg, &tables.startup_values) {
-            if let Some(value) = rest.next() {
-                invocation.startup.push(value.clone());
-            }
-        }
-    }
-    invocation.command = rest.next().cloned();
-
-    // The command's options and its residue (target patterns).
+    let mut rest = args.iter();
     while let Some(arg) = rest.next() {
-        if arg == "--" {
-            invocation.patterns.extend(rest.cloned());
+        if !is_startup_option(arg) {
+            invocation.command = Some(arg.clone());
             break;
         }
-        if arg.starts_with('-') && !is_negative_pattern(arg) {
-            invocation.options.push(arg.clone());
-            let value_follows = match SHORT_OPTIONS.iter().find(|(name, _)| name == arg) {
-                Some((_, takes_value)) => *takes_value,
-                None => takes_separate_value(arg, &tables.option_values),
-            };
-            if value_follows {
-                if let Some(value) = rest.next() {
-                    invocation.options.push(value.clone());
-                }
+        invocation.startup.push(arg.clone());
+        if takes_separate_value(arg) {
+            match rest.next() {
+                Some(value) => invocation.startup.push(value.clone()),
+                None => break,
             }
-        } else {
-            invocation.patterns.push(arg.clone());
         }
     }
     invocation
 }
 
-/// Whether the command names one of Bazel's commands.
-pub fn is_known_command(command: &str) -> bool {
-    tables().commands.contains(command)
+/// What the client takes for a startup option (its `IsArg`).
+fn is_startup_option(arg: &str) -> bool {
+    arg.starts_with('-') && !matches!(arg, "-h" | "-help" | "--help")
 }
 
-/// `--name` (not `--name=value`) whose name takes a value.
-fn takes_separate_value(arg: &str, values: &HashSet<&'static str>) -> bool {
-    match arg.strip_prefix("--") {
-        Some(name) if !name.contains('=') => values.contains(name),
-        _ => false,
-    }
-}
-
-/// `-//foo/...` or `-:bar`: a pattern to subtract, which is only valid as residue but looks like
-/// an option. Bazel itself requires `--` before such patterns; accept them either way.
-fn is_negative_pattern(arg: &str) -> bool {
-    arg.starts_with("-//") || arg.starts_with("-@") || arg.starts_with("-:")
+/// `--name` (not `--name=value`) whose value is the next argument.
+fn takes_separate_value(arg: &str) -> bool {
+    arg.strip_prefix("--")
+        .is_some_and(|name| STARTUP_VALUES.contains(&name))
 }
 
 #[cfg(test)]
@@ -143,123 +107,77 @@ mod tests {
         )
     }
 
-    fn strings(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// argv, then the expected startup options, command, options and patterns.
-    type Case<'a> = (
-        &'a str,
-        &'a [&'a str],
-        Option<&'a str>,
-        &'a [&'a str],
-        &'a [&'a str],
-    );
-
     #[test]
-    fn command_lines_split_as_bazel_reads_them() {
-        let cases: &[Case] = &[
-            ("test //...", &[], Some("test"), &[], &["//..."]),
+    fn the_command_is_the_first_argument_after_the_startup_options() {
+        // argv, then the expected startup options and command.
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            ("test //...", &[], Some("test")),
             (
                 "--output_user_root=/x test -c opt //a:b",
                 &["--output_user_root=/x"],
                 Some("test"),
-                &["-c", "opt"],
-                &["//a:b"],
             ),
             (
-                "--output_base /ob --batch test --config ci //a/... --test_output errors",
-                &["--output_base", "/ob", "--batch"],
-                Some("test"),
-                &["--config", "ci", "--test_output", "errors"],
-                &["//a/..."],
+                "--output_base /ob --batch --bazelrc test build //a/...",
+                &["--output_base", "/ob", "--batch", "--bazelrc", "test"],
+                Some("build"),
             ),
             (
-                "test -k --jobs 4 //a -- //b -//b:skip",
+                "--host_jvm_args -Xmx1g --nohome_rc --max_idle_secs=5 build //x",
+                &[
+                    "--host_jvm_args",
+                    "-Xmx1g",
+                    "--nohome_rc",
+                    "--max_idle_secs=5",
+                ],
+                Some("build"),
+            ),
+            // The command's own options are not read: a separate value is no concern here.
+            (
+                "test --config ci --some_future_flag value //x",
                 &[],
                 Some("test"),
-                &["-k", "--jobs", "4"],
-                &["//a", "//b", "-//b:skip"],
             ),
-            (
-                "test //... -//slow/...",
-                &[],
-                Some("test"),
-                &[],
-                &["//...", "-//slow/..."],
-            ),
-            (
-                "test --nocache_test_results //x",
-                &[],
-                Some("test"),
-                &["--nocache_test_results"],
-                &["//x"],
-            ),
-            (
-                "test --remote_cache=http://c:1 --test_tag_filters=-failing //...",
-                &[],
-                Some("test"),
-                &["--remote_cache=http://c:1", "--test_tag_filters=-failing"],
-                &["//..."],
-            ),
-            ("test -- -//neg", &[], Some("test"), &[], &["-//neg"]),
-            ("--help", &["--help"], None, &[], &[]),
-            ("info", &[], Some("info"), &[], &[]),
-            (
-                "query //... --output label",
-                &[],
-                Some("query"),
-                &["--output", "label"],
-                &["//..."],
-            ),
-            // An option the table does not know is a boolean: its neighbour stays a target.
-            (
-                "test --some_future_flag //x",
-                &[],
-                Some("test"),
-                &["--some_future_flag"],
-                &["//x"],
-            ),
-            ("", &[], None, &[], &[]),
+            ("--help", &[], Some("--help")),
+            ("-h test", &[], Some("-h")),
+            ("info", &[], Some("info")),
+            ("--batch", &["--batch"], None),
+            ("--output_base", &["--output_base"], None),
+            ("", &[], None),
         ];
-        for (line, startup, command, options, patterns) in cases {
-            let got = parsed(line);
+        for (line, startup, command) in cases {
             let want = Invocation {
-                startup: strings(startup),
+                startup: startup.iter().map(|s| s.to_string()).collect(),
                 command: command.map(str::to_string),
-                options: strings(options),
-                patterns: strings(patterns),
             };
-            assert_eq!(got, want, "for `{line}`");
+            assert_eq!(parsed(line), want, "for `{line}`");
+            assert_eq!(want.command_at(), startup.len());
         }
     }
 
     #[test]
-    fn only_test_is_sharded() {
+    fn only_test_and_build_are_sharded() {
         assert!(parsed("test //...").is_shardable());
         assert!(parsed("--batch test //...").is_shardable());
         assert!(parsed("build //...").is_shardable());
-        for line in ["query //...", "info", "--help", "run //x", ""] {
+        for line in [
+            "query //...",
+            "info",
+            "--help",
+            "run //x",
+            "coverage //x",
+            "",
+        ] {
             assert!(!parsed(line).is_shardable(), "{line}");
         }
     }
 
+    /// A value-taking startup option this list lacks, given a separate value: the value is
+    /// taken for the command, and a value that is not `test` or `build` passes through.
     #[test]
-    fn the_table_knows_bazels_commands_and_value_options() {
-        for command in ["test", "build", "query", "info", "run", "coverage"] {
-            assert!(is_known_command(command), "{command}");
-        }
-        let tables = tables();
-        for option in [
-            "config",
-            "compilation_mode",
-            "remote_cache",
-            "test_tag_filters",
-            "jobs",
-        ] {
-            assert!(tables.option_values.contains(option), "{option}");
-        }
-        assert!(!tables.option_values.contains("keep_going"));
-        assert!(tables.startup_values.contains("output_user_root"));
+    fn an_unknown_startup_value_is_taken_for_a_command_that_passes_through() {
+        let invocation = parsed("--future_startup_path /p test //...");
+        assert_eq!(invocation.command.as_deref(), Some("/p"));
+        assert!(!invocation.is_shardable());
     }
 }

@@ -69,8 +69,6 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     if wrapped
         || !invocation.is_shardable()
-        || !names_targets(&invocation)
-        || builds_nothing(&invocation)
         || (invocation.command.as_deref() == Some("build") && !shard_build())
     {
         return passthrough(&bazel, &args);
@@ -86,20 +84,17 @@ pub fn main(args: Vec<String>) -> i32 {
     runtime.block_on(shard(&bazel, &args, &invocation))
 }
 
-/// Whether the command names targets: patterns, or a `--target_pattern_file`.
-fn names_targets(invocation: &Invocation) -> bool {
-    !invocation.patterns.is_empty()
-        || invocation
-            .options
-            .iter()
-            .any(|o| o.starts_with("--target_pattern_file"))
+/// Whether the command names targets: patterns Bazel expanded, given or from a
+/// `--target_pattern_file`.
+fn names_targets(plan: &plan::Plan) -> bool {
+    !plan.patterns.is_empty()
 }
 
-/// Whether the user asked for analysis only (`--nobuild`, the last of `--[no]build` winning):
-/// there is nothing to share out, and Bazel alone reports it as it does.
-fn builds_nothing(invocation: &Invocation) -> bool {
-    invocation
-        .options
+/// Whether the user asked for analysis only (`--nobuild`, the last of `--[no]build` winning;
+/// Bazel's parse writes `--build=false` as `--nobuild`): there is nothing to share out, and
+/// Bazel alone reports it as it does.
+fn builds_nothing(options: &[String]) -> bool {
+    options
         .iter()
         .rfind(|o| *o == "--build" || *o == "--nobuild")
         .is_some_and(|o| o == "--nobuild")
@@ -110,8 +105,9 @@ fn shard_build() -> bool {
     !std::env::var("TASK_SHARDING_SHARD_BUILD").is_ok_and(|v| v == "0" || v == "false")
 }
 
-/// The user's options without those that name targets or the event file: each batch names
-/// its own targets after `--`, and writes its own events (appended to the user's file after).
+/// The user's options (as Bazel parsed them: `--name=value`, no separate values) without those
+/// that name targets or the event file: each batch names its own targets after `--`, and writes
+/// its own events (appended to the user's file after).
 fn batch_options(options: &[String]) -> Vec<String> {
     options
         .iter()
@@ -149,6 +145,18 @@ fn required() -> bool {
 async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     let command = invocation.command.as_deref().unwrap_or("test");
     let fall_back = |why: &str| fall_back(bazel, args, command, why);
+    // Planned first: whether there is anything to shard is Bazel's to say, coordinator or not.
+    let plan = match plan::plan(bazel, args, invocation.command_at()).await {
+        Ok(plan) if !names_targets(&plan) || builds_nothing(&plan.options) => {
+            return passthrough(bazel, args)
+        }
+        Ok(plan) => plan,
+        // Patterns or options Bazel rejects: it reports them, with its own error and code.
+        Err(e) => {
+            eprintln!("task-sharding: {e}; letting Bazel report it");
+            return passthrough(bazel, args);
+        }
+    };
     let connect = match FromEnvironment::try_parse_from(["task-sharding"]) {
         Ok(parsed) => parsed.connect,
         Err(e) => {
@@ -164,14 +172,6 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         Ok(id) => id,
         Err(e) => return fall_back(&e.to_string()),
     };
-    let plan = match plan::plan(bazel, args, invocation.startup.len()).await {
-        Ok(plan) => plan,
-        // Patterns or options Bazel rejects: it reports them, with its own error and code.
-        Err(e) => {
-            eprintln!("task-sharding: {e}; letting Bazel report it");
-            return passthrough(bazel, args);
-        }
-    };
     let targets: Vec<String> = plan.tests.iter().chain(&plan.builds).cloned().collect();
     let mut schema = match Schema::new(format!("bazel {command}"), targets) {
         Ok(schema) => schema,
@@ -182,7 +182,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     }
     // Negative patterns change what is tested (a subtracted suite's tests are built, not run)
     // without changing the targets: they are part of what the jobs must agree on.
-    let negatives: Vec<String> = invocation
+    let negatives: Vec<String> = plan
         .patterns
         .iter()
         .filter(|p| p.starts_with('-'))
@@ -192,7 +192,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         &run_id,
         &head_commit(),
         command,
-        &[invocation.options.clone(), negatives.clone()].concat(),
+        &[plan.options.clone(), negatives.clone()].concat(),
         &labels(&schema),
     );
     let events = match EventsDir::new() {
@@ -203,10 +203,10 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         bazel: bazel.to_path_buf(),
         startup: invocation.startup.clone(),
         command: command.to_string(),
-        options: batch_options(&invocation.options),
+        options: batch_options(&plan.options),
         negatives: negatives.clone(),
         builds: plan.builds.iter().cloned().collect(),
-        user_events: plan::user_events_file(args),
+        user_events: plan::user_events_file(&plan.options),
         events_dir: events.path().to_path_buf(),
         batches: 0,
         overhead: runner::INITIAL_OVERHEAD,
@@ -447,7 +447,28 @@ impl EventsDir {
 
 #[cfg(test)]
 mod tests {
-    use super::workspace_name;
+    use super::{batch_options, builds_nothing, workspace_name};
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// On options as Bazel's parse gives them: the last of `--[no]build` wins.
+    #[test]
+    fn analysis_only_and_the_batches_options_come_from_bazels_parse() {
+        assert!(builds_nothing(&strings(&["--keep_going", "--nobuild"])));
+        assert!(!builds_nothing(&strings(&["--nobuild", "--build"])));
+        assert!(!builds_nothing(&strings(&["--compilation_mode=opt"])));
+        assert_eq!(
+            batch_options(&strings(&[
+                "--compilation_mode=opt",
+                "--target_pattern_file=targets.txt",
+                "--build_event_json_file=mine.json",
+                "--config=x",
+            ])),
+            ["--compilation_mode=opt", "--config=x"]
+        );
+    }
 
     #[test]
     fn the_workspace_names_itself_from_any_subdirectory() {
