@@ -329,6 +329,74 @@ fn filtered_failing_test_means_exit_0() {
     );
 }
 
+/// The major version `bazel --version` reports (Debian's 4.2.3 says `bazel no_version`: none).
+fn bazel_major_version() -> Option<u32> {
+    let output = Command::new(&bazel_under_test().real)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .trim()
+        .strip_prefix("bazel ")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Issue #10: the wrapper read Bazel's argv with a table of the options of 4.2.3 that take a
+/// value, so a newer Bazel's option with a separate value (`--remote_download_regex .*\.log`)
+/// was a boolean to it and its value a target pattern, and each batch ran with
+/// `--remote_download_regex --build_event_json_file=F`. Options now come from Bazel's own parse
+/// of the planning run: separate values of every Bazel version reach the batches as
+/// `--name=value`, and the tag filter given with a separate value keeps the failing test out.
+#[test]
+fn regression_options_with_separate_values_reach_the_batches_on_every_bazel() {
+    let _serial = begin("regression_options_with_separate_values_reach_the_batches_on_every_bazel");
+    let env = BazelEnv::start("separate-values").unwrap();
+    let checkouts = checkouts(2);
+    let mut extra = vec!["--test_tag_filters", "-failing", "--test_output", "errors"];
+    let major = bazel_major_version();
+    if major.is_some_and(|major| major >= 7) {
+        extra.extend(["--remote_download_regex", r".*\.log"]);
+    }
+    let args = env.test_args(&extra);
+    let jobs = start_jobs(&env, &checkouts, &args).wait_all(LIMIT).unwrap();
+    let why = format!("\nBazel {major:?}, {args:?}\n{}", report(&env, &jobs));
+
+    assert_codes(&jobs, 0, &why);
+    assert_sharded(&jobs, &why);
+    let passing: Vec<&str> = TEST_TARGETS
+        .iter()
+        .copied()
+        .filter(|l| *l != FAILING_TEST)
+        .collect();
+    assert_eq!(
+        env.executions_from_side_file(),
+        exactly_once(&passing),
+        "side file counts{why}"
+    );
+    assert_eq!(
+        executions_from_bep(&env),
+        exactly_once(&passing),
+        "build event counts{why}"
+    );
+    let summary = common_summary(&jobs, &why);
+    assert_eq!(
+        summary.row(FAILING_TEST).unwrap().outcome,
+        "SKIPPED",
+        "{why}"
+    );
+    assert!(
+        summary
+            .totals
+            .starts_with("25 passed, 1 skipped, 1 built; run by "),
+        "{}{why}",
+        summary.totals
+    );
+}
+
 #[test]
 fn a_killed_job_does_not_stop_the_others() {
     let _serial = begin("a_killed_job_does_not_stop_the_others");
