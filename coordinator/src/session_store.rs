@@ -1,8 +1,8 @@
 //! The durable sessions: a redb file under the coordinator's state directory holding the rows of
 //! [`crate::state::persist`], so that a restarted coordinator resumes every session where it was.
 //! Rows are bincode, the same encoding as the wire protocol; the tables' names carry the rows'
-//! version (v2: results carry log tails, protocol version 3), so a file from another version
-//! starts empty rather than misread.
+//! version (v2: results carry log tails, protocol version 3; v3: sessions carry their run,
+//! protocol version 4), so a file from another version starts empty rather than misread.
 
 use std::path::Path;
 
@@ -13,11 +13,11 @@ use crate::history_store::StoreError;
 use crate::state::persist::{self, Journal, Snapshot};
 
 /// Session rows by key.
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v2");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v3");
 /// Member rows by (session key, member index).
-const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v2");
+const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v3");
 /// Task rows by (session key, task id).
-const SLOTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("slots_v2");
+const SLOTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("slots_v3");
 
 /// Sessions in a redb file.
 pub struct SessionStore {
@@ -129,6 +129,7 @@ mod tests {
             digest: schema.digest(),
             schema,
             history_scope: "run:s".into(),
+            run: Some("bazel/r/test".into()),
         };
         let mut first = Journal::default();
         for key in ["k", "k2", "other"] {

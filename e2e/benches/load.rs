@@ -75,7 +75,7 @@ async fn client(mut connection: Connection, max_tasks: u32, start: Arc<Barrier>)
             }
             // A backup copy's loser: nothing runs here, so nothing to stop.
             ServerMessage::Abort(_) => {}
-            ServerMessage::Complete(report) => {
+            ServerMessage::Complete { report, .. } => {
                 assert_eq!(report.records.len(), TASKS);
                 stats.completed = Some(Instant::now());
                 break;

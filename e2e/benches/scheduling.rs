@@ -195,6 +195,7 @@ async fn shared_run(
         let session = SessionOptions {
             session_key: session_key.to_string(),
             history_scope: history_scope.to_string(),
+            run: None,
             max_batch,
             interrupt: CancellationToken::new(),
             reconnect_for: wrapper::client::DEFAULT_RECONNECT_FOR,

@@ -279,7 +279,7 @@ async fn a_job_whose_join_is_refused_for_load_retries_until_there_is_room() {
     );
     let complete = holder.ask(ClientMessage::Results(all_passed([0]))).await;
     assert!(
-        matches!(complete, ServerMessage::Complete(_)),
+        matches!(complete, ServerMessage::Complete { .. }),
         "{complete:?}"
     );
     holder.connection.close(0u32.into(), b"done");

@@ -170,6 +170,7 @@ impl Model {
             let config = Config {
                 session_key: "session".into(),
                 history_scope: "scope".into(),
+                run: Some("run".into()),
                 schema: schema(),
                 max_batch,
                 // Never given up on within a case: a connection asked for is made or cut.

@@ -130,6 +130,7 @@ async fn a_connection_lost_while_reporting_asks_for_work_once() {
         let session = SessionOptions {
             session_key: "reconnect".to_string(),
             history_scope: "test:reconnect".to_string(),
+            run: None,
             max_batch: 1,
             interrupt: CancellationToken::new(),
             reconnect_for: Duration::from_secs(30),

@@ -107,14 +107,17 @@ fn main() -> std::io::Result<()> {
         ("abort", ServerMessage::Abort(vec![2])),
         (
             "complete",
-            ServerMessage::Complete(SessionReport {
-                schema_name: schema.name.clone(),
-                records: vec![TaskRecord {
-                    task: 0,
-                    result,
-                    client: "ci-job-1".into(),
-                }],
-            }),
+            ServerMessage::Complete {
+                report: SessionReport {
+                    schema_name: schema.name.clone(),
+                    records: vec![TaskRecord {
+                        task: 0,
+                        result,
+                        client: "ci-job-1".into(),
+                    }],
+                },
+                run_sessions: 1,
+            },
         ),
     ];
 

@@ -20,6 +20,10 @@
 //!                                      <-  Complete {every task's result, and who ran it}
 //! ```
 //!
+//! A join may name the CI run its job belongs to; `Joined` and `Complete` then say how many
+//! sessions that run has, so that jobs of one run which split into several sessions (their
+//! commits, options or targets differed) learn that they did not share their work.
+//!
 //! A client that lost its connection (or whose coordinator restarted) connects again and joins
 //! with `resume: Some(ticket)`, the ticket its first `Joined` gave it: it is the same member of
 //! the session again, keeps the tasks leased to it, and re-sends the results it reported (the
@@ -127,6 +131,12 @@ pub struct Join {
     /// moments of handing them out) gives the queued ones back to this client rather than to
     /// another, and so accepts the results it re-sends.
     pub running: Vec<TaskId>,
+    /// The CI run this job belongs to, when it is one of several jobs meant to share one
+    /// session (e.g. `bazel/<run id>/test`, sealed like the key when the run has a secret). The
+    /// session key also covers what the jobs run, so jobs of one run that disagree on it (another
+    /// commit, other options) split into separate sessions; the coordinator counts the sessions
+    /// of each run ([`Joined::run_sessions`]) so that they are told. Added in protocol version 4.
+    pub run: Option<String>,
 }
 
 impl Join {
@@ -146,6 +156,7 @@ impl Join {
             history_scope,
             resume: None,
             running: Vec::new(),
+            run: None,
         }
     }
 }
@@ -248,7 +259,13 @@ pub enum ServerMessage {
     /// Stop these tasks: their results are already known. Do not report them.
     Abort(Vec<TaskId>),
     /// Every task of the session has a result.
-    Complete(SessionReport),
+    Complete {
+        /// Every task's result, and who ran it.
+        report: SessionReport,
+        /// The sessions of this session's run when it completed (see [`Joined::run_sessions`]).
+        /// Added in protocol version 4.
+        run_sessions: u32,
+    },
     /// No session has this key yet: join again, with the schema, to create it.
     NeedSchema,
 }
@@ -310,6 +327,11 @@ pub struct Joined {
     pub finished: u32,
     /// Clients in the session, this one included.
     pub clients: u32,
+    /// The sessions of the run the join named ([`Join::run`]), this one included, whose
+    /// lifetimes overlap this one's (a run's later, sequential commands are not counted): more
+    /// than one means jobs of the run run different work and do not share it. 0 when the join
+    /// named no run. Added in protocol version 4.
+    pub run_sessions: u32,
 }
 
 /// Tasks to run, and how far the session is.
@@ -428,6 +450,7 @@ mod tests {
                 history_scope: "run:s".into(),
                 resume: Some(Ticket([7; 16])),
                 running: vec![1],
+                run: Some("bazel/r/test".into()),
             }),
             ClientMessage::Request(WorkRequest {
                 max_tasks: 5,
@@ -454,6 +477,7 @@ mod tests {
                 tasks: 2,
                 finished: 0,
                 clients: 1,
+                run_sessions: 2,
             }),
             ServerMessage::Assignment(Assignment {
                 tasks: vec![0, 1],
@@ -465,14 +489,17 @@ mod tests {
             }),
             ServerMessage::Abort(vec![1]),
             ServerMessage::NeedSchema,
-            ServerMessage::Complete(SessionReport {
-                schema_name: "s".into(),
-                records: vec![TaskRecord {
-                    task: 0,
-                    result,
-                    client: "job-1".into(),
-                }],
-            }),
+            ServerMessage::Complete {
+                report: SessionReport {
+                    schema_name: "s".into(),
+                    records: vec![TaskRecord {
+                        task: 0,
+                        result,
+                        client: "job-1".into(),
+                    }],
+                },
+                run_sessions: 3,
+            },
         ];
         for message in server {
             let bytes = encode_payload(&message).unwrap();

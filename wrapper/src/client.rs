@@ -53,6 +53,9 @@ pub struct SessionOptions {
     pub session_key: String,
     /// Where the coordinator files the tasks' timing history (see [`schemas::Join`]).
     pub history_scope: String,
+    /// The CI run this job belongs to, when its jobs are meant to share this session (see
+    /// [`schemas::Join::run`]): jobs of the run that end up in other sessions are then told.
+    pub run: Option<String>,
     /// The most tasks to take per assignment.
     pub max_batch: u32,
     /// Fires on SIGINT/SIGTERM: the runner is stopped and the run ends with
@@ -74,6 +77,7 @@ impl SessionOptions {
         SessionOptions {
             session_key: session_key.into(),
             history_scope: history_scope.into(),
+            run: None,
             max_batch: 1,
             interrupt: CancellationToken::new(),
             reconnect_for: DEFAULT_RECONNECT_FOR,
@@ -95,6 +99,7 @@ pub async fn run_session<R: TaskRunner>(
     let config = Config {
         session_key: options.session_key.clone(),
         history_scope: options.history_scope.clone(),
+        run: options.run.clone(),
         schema: schema.clone(),
         max_batch: options.max_batch,
         reconnect_for: options.reconnect_for,

@@ -94,6 +94,7 @@ pub mod connection;
 pub mod driver;
 pub mod failing_logs;
 pub mod junit;
+pub mod run_warnings;
 pub mod runner;
 pub mod summary;
 pub mod trust;

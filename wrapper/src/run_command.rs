@@ -6,6 +6,7 @@ use crate::cli::RunArgs;
 use crate::client::{Event, SessionOptions};
 use crate::command_runner::CommandRunner;
 use crate::driver::{drive, interrupt_on_signals, Outcome, Progress};
+use crate::run_warnings::RunWarnings;
 use crate::{exit, summary};
 
 /// Runs the subcommand; returns the exit code.
@@ -39,11 +40,15 @@ pub(crate) async fn run(args: RunArgs) -> u8 {
     };
     let mut runner = CommandRunner::new(args.command);
     let total = schema.tasks.len();
-    match drive(&options, &schema, &mut runner, &session, |p| {
-        progress(p, total)
+    // The session key is the run id and the schema's name only, so the jobs of a run cannot
+    // split into sessions (a different schema under the same name is refused): the join names
+    // no run, and only a session found already complete is warned of.
+    let mut warnings = RunWarnings::new(&run_id, format!("task-sharding run {}", schema.name));
+    let outcome = drive(&options, &schema, &mut runner, &session, |p| {
+        progress(p, total, &mut warnings)
     })
-    .await
-    {
+    .await;
+    match outcome {
         Outcome::Complete(report) | Outcome::Alone { report, .. } => {
             crate::junit::write_if_asked(args.junit.as_deref(), &schema, &report);
             verdict(&schema, &report)
@@ -83,7 +88,7 @@ fn read_schema(args: &RunArgs) -> Result<Schema, String> {
     Schema::from_yaml(&text).map_err(|e| format!("{path}: {e}"))
 }
 
-fn progress(progress: Progress<'_>, total: usize) {
+fn progress(progress: Progress<'_>, total: usize, warnings: &mut RunWarnings) {
     if let Some(line) = progress.common_line("tasks", "client") {
         eprintln!("{line}");
         return;
@@ -91,6 +96,7 @@ fn progress(progress: Progress<'_>, total: usize) {
     let Progress::Session(event) = progress else {
         return;
     };
+    let warnings = warnings.on_event(event);
     match event {
         Event::Joined(joined) => eprintln!(
             "task-sharding: {} session: {} tasks, {} already finished, {} client(s)",
@@ -116,6 +122,12 @@ fn progress(progress: Progress<'_>, total: usize) {
             "task-sharding: stopped {} task(s) finished elsewhere",
             ids.len()
         ),
-        Event::Reported(_) | Event::Reconnecting(_) | Event::Rejoined(_) => {}
+        Event::Reported(_)
+        | Event::Reconnecting(_)
+        | Event::Rejoined(_)
+        | Event::Completed { .. } => {}
+    }
+    for warning in warnings {
+        eprintln!("{warning}");
     }
 }

@@ -3,6 +3,7 @@
 
 use schemas::Schema;
 
+use super::persist::SessionRow;
 use super::*;
 
 /// What to send instead of going on: a refusal, or a request for the schema.
@@ -132,11 +133,15 @@ impl Coordinator {
                 tracing::info!(session = ?join.session_key, schema = ?schema.name,
                     tasks = schema.tasks.len(), digest = %digest.short(), "new session");
                 let known = self.history.lookup(&join.history_scope, &schema.tasks);
-                let session = Session::new(
-                    join.session_key.clone(),
+                let row = SessionRow {
                     schema,
                     digest,
-                    join.history_scope.clone(),
+                    history_scope: join.history_scope.clone(),
+                    run: join.run.clone(),
+                };
+                let session = Session::new(
+                    join.session_key.clone(),
+                    row,
                     &known,
                     self.scheduling(),
                     now,
@@ -156,11 +161,12 @@ impl Coordinator {
         created: bool,
         now: Instant,
     ) -> Result<(MemberIdx, Vec<Action>), Stop> {
+        let run_sessions = self.run_sessions(&join.session_key, now);
         let session = self.sessions.get_mut(&join.session_key).expect("present");
         Ok(match join.resume {
             // A client coming back to a session that still exists must be the member it says.
             Some(presented) if !created => {
-                match session.resume(conn, presented, &join.running, now) {
+                match session.resume(conn, presented, &join.running, run_sessions, now) {
                     Some((idx, old, mut actions)) => {
                         tracing::info!(%conn, session = ?join.session_key, client = ?client_id,
                         "a client came back");
@@ -197,14 +203,23 @@ impl Coordinator {
                     ));
                 }
                 tracing::info!(%conn, session = ?join.session_key, client = ?client_id, "joined");
-                session.join(conn, client_id, new_ticket(&mut self.rng), created)
+                let ticket = new_ticket(&mut self.rng);
+                session.join(conn, client_id, ticket, created, run_sessions)
             }
         })
     }
 }
 
-/// Refuses a join whose key or scope is out of bounds.
+/// Refuses a join whose key, scope or run is out of bounds.
 fn check_join(conn: ConnId, join: &Join) -> Result<(), Stop> {
+    let run = join.run.as_deref();
+    if run.is_some_and(|run| run.is_empty() || run.len() > MAX_SESSION_KEY_LEN) {
+        return Err(refuse(
+            conn,
+            ErrorCode::ProtocolViolation,
+            format!("the run must have 1 to {MAX_SESSION_KEY_LEN} bytes"),
+        ));
+    }
     if join.session_key.is_empty() || join.session_key.len() > MAX_SESSION_KEY_LEN {
         return Err(refuse(
             conn,
@@ -223,12 +238,13 @@ fn check_join(conn: ConnId, join: &Join) -> Result<(), Stop> {
         .session_key
         .chars()
         .chain(join.history_scope.chars())
+        .chain(run.unwrap_or_default().chars())
         .any(schemas::schema::is_unprintable)
     {
         return Err(refuse(
             conn,
             ErrorCode::ProtocolViolation,
-            "the session key and history scope must not hold control characters".into(),
+            "the session key, history scope and run must not hold control characters".into(),
         ));
     }
     Ok(())

@@ -301,10 +301,12 @@ impl Coordinator {
                 .clients
                 .get(&conn)
                 .and_then(|c| c.session.as_ref())
-                .and_then(|(key, idx)| Some((self.sessions.get_mut(key)?, *idx)))
-            {
-                Some((session, idx)) => {
-                    match session.report(idx, reports, &mut self.history, now) {
+                .map(|(key, idx)| (self.run_sessions(key, now), key, *idx))
+                .and_then(|(run_sessions, key, idx)| {
+                    Some((self.sessions.get_mut(key)?, idx, run_sessions))
+                }) {
+                Some((session, idx, run_sessions)) => {
+                    match session.report(idx, reports, &mut self.history, run_sessions, now) {
                         Ok(actions) => actions,
                         Err(UnknownTask(task)) => refuse(
                             conn,
@@ -510,6 +512,30 @@ impl Coordinator {
                 coordinator_version: env!("CARGO_PKG_VERSION").into(),
             }),
         )]
+    }
+
+    /// How many held sessions of `key`'s run overlap it in time, itself included (see
+    /// [`schemas::Joined::run_sessions`]); 0 when it names no run. Counted from the sessions
+    /// themselves, so it takes no memory of its own: a peer can only grow it by creating
+    /// sessions, which `max_sessions` bounds.
+    fn run_sessions(&self, key: &str, now: Instant) -> u32 {
+        let Some(session) = self.sessions.get(key) else {
+            return 0;
+        };
+        let Some(run) = session.run() else {
+            return 0;
+        };
+        let (start, end) = session.lifetime(now);
+        let overlapping = self
+            .sessions
+            .values()
+            .filter(|other| other.run() == Some(run))
+            .filter(|other| {
+                let (other_start, other_end) = other.lifetime(now);
+                other_start <= end && start <= other_end
+            })
+            .count();
+        u32::try_from(overlapping).unwrap_or(u32::MAX)
     }
 
     fn session_of(&mut self, conn: ConnId) -> Option<(&mut Session, MemberIdx)> {

@@ -24,6 +24,8 @@ pub struct SessionRow {
     pub digest: SchemaDigest,
     /// Where the tasks' timing history is filed.
     pub history_scope: String,
+    /// The CI run it belongs to (see [`schemas::Join::run`]).
+    pub run: Option<String>,
 }
 
 /// A client that joined a session.
@@ -182,6 +184,7 @@ mod tests {
             digest: schema.digest(),
             schema,
             history_scope: "s".into(),
+            run: None,
         }
     }
 

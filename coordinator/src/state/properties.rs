@@ -199,7 +199,7 @@ impl Model {
                                 slot.stale.remove(task);
                             }
                         }
-                        ServerMessage::Complete(report) => {
+                        ServerMessage::Complete { report, .. } => {
                             let session = slot.session.expect("complete before joining");
                             self.reports
                                 .entry(session)

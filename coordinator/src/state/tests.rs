@@ -127,7 +127,7 @@ fn assignment(actions: &[Action], conn: u64) -> Option<Vec<TaskId>> {
 fn complete_report(actions: &[Action], conn: u64) -> Option<SessionReport> {
     actions.iter().find_map(|action| match action {
         Action::Send(c, message) if *c == ConnId(conn) => match &**message {
-            ServerMessage::Complete(report) => Some(report.clone()),
+            ServerMessage::Complete { report, .. } => Some(report.clone()),
             _ => None,
         },
         _ => None,
@@ -1081,4 +1081,5 @@ fn priors_spread_the_heaviest_tasks_of_a_cold_session_over_the_jobs() {
 }
 
 mod logs;
+mod runs;
 mod view;

@@ -30,6 +30,7 @@ use schemas::{Schema, SessionReport};
 use crate::cli::ConnectArgs;
 use crate::client::{Event, SessionOptions};
 use crate::driver::{drive, interrupt_on_signals, Outcome, Progress};
+use crate::run_warnings::RunWarnings;
 use crate::summary;
 use args::Invocation;
 use runner::BazelRunner;
@@ -215,6 +216,8 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         max_batch: MAX_BATCH,
         interrupt: interrupt_on_signals(),
         reconnect_for: connect.reconnect_for,
+        // The jobs of this run meant to share this command's work, however their keys differ.
+        run: Some(connect.seal(format!("bazel/{run_id}/{command}"))),
         ..SessionOptions::new(
             connect.seal(key),
             format!("bazel:{}", repository_identity()),
@@ -239,13 +242,18 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
             }
         ),
     };
+    let mut warnings = RunWarnings::new(&run_id, format!("bazel {command}"));
     let on_progress = |p: Progress<'_>| match p {
         Progress::Connected => eprintln!("{sharding}"),
-        other => progress(other),
+        other => progress(other, &mut warnings),
     };
-    match drive(&options, &schema, &mut runner, &session, on_progress).await {
+    let outcome = drive(&options, &schema, &mut runner, &session, on_progress).await;
+    match outcome {
         Outcome::Complete(report) | Outcome::Alone { report, .. } => {
-            with_loading_errors(finish(&schema, &report, command == "test"), &plan.errors)
+            with_loading_errors(
+                finish(&schema, &report, command == "test", &warnings),
+                &plan.errors,
+            )
         }
         Outcome::Unavailable(e) => fall_back(&e.to_string()),
         Outcome::Interrupted { alone } => {
@@ -353,8 +361,8 @@ fn labels(schema: &Schema) -> Vec<String> {
     schema.tasks.iter().map(|t| t.task.clone()).collect()
 }
 
-/// Prints a progress line per event.
-fn progress(progress: Progress<'_>) {
+/// Prints a progress line per event, and the warnings about the run it calls for.
+fn progress(progress: Progress<'_>, warnings: &mut RunWarnings) {
     if let Some(line) = progress.common_line("targets", "job") {
         eprintln!("{line}");
         if let Progress::FinishingAlone { .. } = progress {
@@ -365,6 +373,7 @@ fn progress(progress: Progress<'_>) {
     let Progress::Session(event) = progress else {
         return;
     };
+    let warnings = warnings.on_event(event);
     match event {
         Event::Joined(joined) => eprintln!(
             "task-sharding: {} the session: {} targets, {} done, {} job(s)",
@@ -394,14 +403,23 @@ fn progress(progress: Progress<'_>) {
             "task-sharding: stopped {} target(s) another job finished first",
             ids.len()
         ),
-        Event::Reported(_) | Event::Reconnecting(_) | Event::Rejoined(_) => {}
+        Event::Reported(_)
+        | Event::Reconnecting(_)
+        | Event::Rejoined(_)
+        | Event::Completed { .. } => {}
+    }
+    for warning in warnings {
+        eprintln!("{warning}");
     }
 }
 
-/// Prints the session's summary (and a Markdown table for GitHub), returns its exit code
-/// (`testing` for `bazel test`).
-fn finish(schema: &Schema, report: &SessionReport, testing: bool) -> i32 {
+/// Prints the session's summary (and a Markdown table for GitHub) and the warnings about the
+/// run, returns its exit code (`testing` for `bazel test`).
+fn finish(schema: &Schema, report: &SessionReport, testing: bool, warnings: &RunWarnings) -> i32 {
     print!("{}", summary::render(schema, report));
+    for warning in warnings.at_end() {
+        eprintln!("{warning}");
+    }
     let junit = std::env::var_os("TASK_SHARDING_JUNIT").filter(|v| !v.is_empty());
     crate::junit::write_if_asked(junit.as_deref().map(std::path::Path::new), schema, report);
     if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {

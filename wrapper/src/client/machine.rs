@@ -43,6 +43,12 @@ pub enum Event {
     Reconnecting(String),
     /// Connected and joined again (see [`Joined::resumed`]).
     Rejoined(Joined),
+    /// The session completed (the run ends with its report next); its run then had this many
+    /// sessions (see [`Joined::run_sessions`]).
+    Completed {
+        /// See [`Joined::run_sessions`].
+        run_sessions: u32,
+    },
 }
 
 /// What the machine asks its shell to do.
@@ -91,6 +97,8 @@ pub struct Config {
     pub session_key: String,
     /// Where the coordinator files the tasks' timing history.
     pub history_scope: String,
+    /// The CI run this job belongs to (see [`Join::run`]).
+    pub run: Option<String>,
     /// The tasks.
     pub schema: Schema,
     /// The most tasks to take per assignment.
@@ -275,6 +283,7 @@ impl Machine {
         let join = Join {
             resume: self.ticket,
             running,
+            run: self.config.run.clone(),
             ..Join::new(
                 self.config.session_key.clone(),
                 &self.config.schema,
@@ -298,8 +307,15 @@ impl Machine {
                 self.requested = None;
                 self.assigned(assignment);
             }
-            (Link::Up, ServerMessage::Complete(report)) => {
+            (
+                Link::Up,
+                ServerMessage::Complete {
+                    report,
+                    run_sessions,
+                },
+            ) => {
                 self.requested = None;
+                self.emit(Event::Completed { run_sessions });
                 if self.running.is_some() {
                     self.stop(Ending::Complete(report));
                 } else {

@@ -4,14 +4,15 @@
 use super::*;
 
 impl Session {
-    /// Adds a client as a new member. It receives `Joined` with its ticket, and `Complete` at
-    /// once if the session already is complete.
+    /// Adds a client as a new member. It receives `Joined` with its ticket (and the run's
+    /// `run_sessions`), and `Complete` at once if the session already is complete.
     pub(crate) fn join(
         &mut self,
         conn: ConnId,
         client_id: String,
         ticket: Ticket,
         created: bool,
+        run_sessions: u32,
     ) -> (MemberIdx, Vec<Action>) {
         let idx = self.members.keys().next_back().map_or(0, |last| last + 1);
         self.members.insert(
@@ -27,7 +28,7 @@ impl Session {
         );
         self.tickets.insert(ticket, idx);
         self.dirty.members.push(idx);
-        let actions = self.attach(idx, conn, created, false);
+        let actions = self.attach(idx, conn, created, false, run_sessions);
         (idx, actions)
     }
 
@@ -44,6 +45,7 @@ impl Session {
         conn: ConnId,
         ticket: Ticket,
         running: &[TaskId],
+        run_sessions: u32,
         now: Instant,
     ) -> Option<(MemberIdx, Option<ConnId>, Vec<Action>)> {
         let idx = *self.tickets.get(&ticket)?;
@@ -70,7 +72,7 @@ impl Session {
             self.waiting.retain(|&m| m != idx);
         }
         self.counts.reconnects += 1;
-        let mut actions = self.attach(idx, conn, false, true);
+        let mut actions = self.attach(idx, conn, false, true, run_sessions);
         actions.extend(self.release_if(
             idx,
             |task| !named.contains(&task),
@@ -80,13 +82,14 @@ impl Session {
         Some((idx, old, actions))
     }
 
-    /// Connects member `idx` on `conn` and tells it so.
+    /// Connects member `idx` on `conn` and tells it so, and how many sessions its run has.
     pub(super) fn attach(
         &mut self,
         idx: MemberIdx,
         conn: ConnId,
         created: bool,
         resumed: bool,
+        run_sessions: u32,
     ) -> Vec<Action> {
         let member = self.members.get_mut(&idx).expect("a member");
         member.conn = Some(conn);
@@ -101,6 +104,7 @@ impl Session {
             tasks: self.slots.len() as u32,
             finished: (self.slots.len() - self.remaining) as u32,
             clients: self.connected as u32,
+            run_sessions,
         });
         let mut actions = vec![Action::send(conn, joined)];
         if let Some(report) = &self.report {

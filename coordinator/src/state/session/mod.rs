@@ -108,6 +108,9 @@ pub(crate) struct Session {
     digest: SchemaDigest,
     /// Where the tasks' timing history is filed.
     history_scope: String,
+    /// The CI run its creator named ([`schemas::Join::run`]): the coordinator counts a run's
+    /// sessions, so that jobs of one run that split into several are told.
+    run: Option<String>,
     /// How to schedule.
     scheduling: Scheduling,
     /// Each task's duration from its history, in milliseconds; `None` where unknown.
@@ -194,16 +197,20 @@ struct Dirty {
 }
 
 impl Session {
-    /// A new session whose tasks are queued in the policy's order, using `known` durations.
+    /// A new session of `row`'s tasks, queued in the policy's order, using `known` durations.
     pub(crate) fn new(
         key: String,
-        schema: Schema,
-        digest: SchemaDigest,
-        history_scope: String,
+        row: SessionRow,
         known: &[Option<u64>],
         scheduling: Scheduling,
         now: Instant,
     ) -> Self {
+        let SessionRow {
+            schema,
+            digest,
+            history_scope,
+            run,
+        } = row;
         let count = schema.tasks.len();
         let weights: Vec<u32> = schema.tasks.iter().map(|t| t.weight_or_one()).collect();
         let (estimates, known_count, initial_stand_in) =
@@ -222,6 +229,7 @@ impl Session {
             schema: Arc::new(schema),
             digest,
             history_scope,
+            run,
             scheduling,
             queued: (
                 known.iter().flatten().sum(),
@@ -262,7 +270,8 @@ impl Session {
             },
         };
         if count == 0 {
-            session.complete(now);
+            let run_sessions = u32::from(session.run.is_some());
+            session.complete(run_sessions, now);
         }
         session
     }
@@ -275,6 +284,18 @@ impl Session {
     /// The schema.
     pub(crate) fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// The CI run its creator named.
+    pub(crate) fn run(&self) -> Option<&str> {
+        self.run.as_deref()
+    }
+
+    /// When it was created (or restored) and when it completed (`now` while it runs): sessions
+    /// of one run whose lifetimes overlap are jobs that split, where one after the other are a
+    /// job's successive commands.
+    pub(crate) fn lifetime(&self, now: Instant) -> (Instant, Instant) {
+        (self.created_at, self.completed_at.unwrap_or(now))
     }
 
     /// Whether every task has a result.

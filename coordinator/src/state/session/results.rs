@@ -9,12 +9,14 @@ impl Session {
     /// results count if the tasks are still open and nobody else took them. The first report
     /// wins and any other copy is aborted; a late or duplicate report is ignored, and so is a
     /// report from a member whose lease went back (it may never have received the task).
-    /// Executed durations go into the timing history.
+    /// Executed durations go into the timing history. `run_sessions` goes into the final
+    /// report, should these results complete the session.
     pub(crate) fn report(
         &mut self,
         idx: MemberIdx,
         reports: Vec<TaskReport>,
         history: &mut Estimates,
+        run_sessions: u32,
         now: Instant,
     ) -> Result<Vec<Action>, UnknownTask> {
         if let Some(bad) = reports.iter().find(|r| r.task as usize >= self.slots.len()) {
@@ -93,7 +95,7 @@ impl Session {
             }
         }
         if self.remaining == 0 && !self.is_complete() {
-            self.complete(now);
+            self.complete(run_sessions, now);
             actions.extend(self.broadcast_report());
         }
         Ok(actions)
@@ -124,7 +126,8 @@ impl Session {
         result
     }
 
-    pub(super) fn complete(&mut self, now: Instant) {
+    /// Builds the final report, which says that its run had `run_sessions` sessions.
+    pub(super) fn complete(&mut self, run_sessions: u32, now: Instant) {
         self.completed_at = Some(now);
         self.waiting.clear();
         for member in self.members.values_mut() {
@@ -139,10 +142,13 @@ impl Session {
                 _ => unreachable!("a complete session has a result for every task"),
             })
             .collect();
-        self.report = Some(Arc::new(ServerMessage::Complete(SessionReport {
-            schema_name: self.schema.name.clone(),
-            records,
-        })));
+        self.report = Some(Arc::new(ServerMessage::Complete {
+            report: SessionReport {
+                schema_name: self.schema.name.clone(),
+                records,
+            },
+            run_sessions,
+        }));
         tracing::info!(session = %self.key, tasks = self.slots.len(), "session complete");
     }
 

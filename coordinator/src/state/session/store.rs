@@ -21,15 +21,7 @@ impl Session {
             slots: stored_slots,
             ..
         } = stored;
-        let mut session = Session::new(
-            key,
-            row.schema,
-            row.digest,
-            row.history_scope,
-            known,
-            scheduling,
-            now,
-        );
+        let mut session = Session::new(key, row, known, scheduling, now);
         session.dirty = Dirty {
             flags: vec![false; session.slots.len()],
             ..Dirty::default()
@@ -98,7 +90,10 @@ impl Session {
             session.slots[index] = slot;
         }
         if session.remaining == 0 && !session.is_complete() {
-            session.complete(now);
+            // The other sessions of its run are being restored too: its report counts itself
+            // only, and a job joining it later learns the run's count from its `Joined`.
+            let run_sessions = u32::from(session.run.is_some());
+            session.complete(run_sessions, now);
         }
         session
     }
@@ -114,6 +109,7 @@ impl Session {
                     schema: (*self.schema).clone(),
                     digest: self.digest,
                     history_scope: self.history_scope.clone(),
+                    run: self.run.clone(),
                 },
             );
         }

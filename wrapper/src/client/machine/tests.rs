@@ -16,6 +16,7 @@ fn config() -> Config {
     Config {
         session_key: "key".into(),
         history_scope: "scope".into(),
+        run: Some("bazel/r/test".into()),
         schema: Schema::new("s", ["a", "b", "c"]).unwrap(),
         max_batch: 2,
         reconnect_for: RECONNECT_FOR,
@@ -31,6 +32,7 @@ fn joined(ticket: u8, resumed: bool) -> ServerMessage {
         tasks: 3,
         finished: 0,
         clients: 1,
+        run_sessions: 1,
     })
 }
 
@@ -322,7 +324,10 @@ fn completion_while_running_stops_the_batch_then_finishes() {
     let mut test = Test::joined();
     test.receive(assignment(&[0]));
     assert!(matches!(
-        test.receive(ServerMessage::Complete(complete()))[..],
+        test.receive(ServerMessage::Complete {
+            report: complete(),
+            run_sessions: 1,
+        })[..],
         [Action::AbortBatch]
     ));
     // Its results are not sent: the session is over.
@@ -451,4 +456,41 @@ fn a_connection_lost_while_reporting_asks_for_work_once() {
     assert!(test.wait(Duration::from_secs(5)).is_empty());
     let running = test.receive(assignment(&[1]));
     assert!(matches!(running[..], [Action::StartBatch(_)]));
+}
+
+/// Regression (issue 10): jobs of one run that split into sessions were not told. The join
+/// names the run, every time; what the coordinator says of the run's sessions at the end
+/// reaches the caller before the report.
+#[test]
+fn the_join_names_the_run_and_the_run_s_sessions_reach_the_caller() {
+    let mut test = Test::new();
+    assert_eq!(
+        join_of(&test.actions()).run.as_deref(),
+        Some("bazel/r/test")
+    );
+    test.receive(joined(1, false));
+    test.give(Input::Failed(lost()));
+    assert_eq!(
+        join_of(&test.give(Input::Connected)).run.as_deref(),
+        Some("bazel/r/test")
+    );
+    test.receive(joined(1, true));
+    test.machine.handle(
+        Input::Received(ServerMessage::Complete {
+            report: complete(),
+            run_sessions: 2,
+        }),
+        test.now,
+    );
+    let all: Vec<Action> = std::iter::from_fn(|| test.machine.poll()).collect();
+    assert!(
+        matches!(
+            &all[..],
+            [
+                Action::Emit(Event::Completed { run_sessions: 2 }),
+                Action::Finish(Ok(_))
+            ]
+        ),
+        "{all:?}"
+    );
 }
