@@ -839,3 +839,65 @@ fn a_lost_coordinator_leaves_each_job_to_finish_alone() {
         assert!(side.contains_key(label), "{label} never ran{why}");
     }
 }
+
+/// Regression (issue 10): two jobs of one run whose options differed split into two sessions,
+/// each saying it shards "with the other jobs" and running everything; and a job started with
+/// the run id of a finished session printed its verdict without saying nothing ran. Now both
+/// split jobs warn of the split, and the late job warns that its session was already complete.
+#[test]
+fn jobs_of_one_run_that_split_or_come_late_are_warned() {
+    let _serial = begin("jobs_of_one_run_that_split_or_come_late_are_warned");
+    let env = BazelEnv::start("split-run").unwrap();
+    let checkouts = checkouts(2);
+    let args = env.test_args(&[]);
+    let other_args = env.test_args(&["--test_env=E2E_SPLIT=1"]);
+    let mut running = Running::default();
+    for (name, checkout, args) in [
+        ("job-1", &checkouts[0], &args),
+        ("job-2", &checkouts[1], &other_args),
+    ] {
+        running
+            .spawn(name, env.bazel_job(checkout, name, args))
+            .unwrap();
+    }
+    let jobs = running.wait_all(LIMIT).unwrap();
+    let why = format!("\n{}", report(&env, &jobs));
+    assert_sharded(&jobs, &why);
+    let split = "has 2 sessions of `bazel test`: jobs whose commit, options or targets differ";
+    for job in &jobs {
+        assert!(
+            job.stderr().contains(split),
+            "{} was not warned{why}",
+            job.name
+        );
+    }
+    // The split is real: each session ran every test.
+    let twice: BTreeMap<String, usize> = TEST_TARGETS.iter().map(|l| (l.to_string(), 2)).collect();
+    assert_eq!(env.executions_from_side_file(), twice, "{why}");
+
+    // The same run id again, with job-1's options: its session is complete, nothing runs.
+    let mut late = Running::default();
+    late.spawn("job-3", env.bazel_job(&checkouts[0], "job-3", &args))
+        .unwrap();
+    let late = late.wait_all(LIMIT).unwrap();
+    let why = format!("\n{}", report(&env, &late));
+    let stderr = late[0].stderr();
+    assert!(
+        stderr.contains(&format!(
+            "run {}'s session was already complete when this job joined: nothing ran here",
+            env.run_id
+        )),
+        "{why}"
+    );
+    assert_eq!(
+        late[0].code(),
+        jobs[0].code(),
+        "the earlier jobs' verdict{why}"
+    );
+    assert_eq!(late[0].summary(), jobs[0].summary(), "{why}");
+    assert_eq!(
+        env.executions_from_side_file(),
+        twice,
+        "nothing ran again{why}"
+    );
+}
