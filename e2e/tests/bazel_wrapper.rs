@@ -849,8 +849,13 @@ fn jobs_of_one_run_that_split_or_come_late_are_warned() {
     let _serial = begin("jobs_of_one_run_that_split_or_come_late_are_warned");
     let env = BazelEnv::start("split-run").unwrap();
     let checkouts = checkouts(2);
-    let args = env.test_args(&[]);
-    let other_args = env.test_args(&["--test_env=E2E_SPLIT=1"]);
+    // //slow:sleep4_test waits for the gate, so that neither session can complete before both
+    // jobs have joined theirs (a job whose Bazel starts late would otherwise find the other
+    // session over, which is not a split).
+    let gate = env.side_dir().join("gate");
+    let gate_env = format!("--test_env=E2E_GATE={}", gate.display());
+    let args = env.test_args(&[&gate_env]);
+    let other_args = env.test_args(&[&gate_env, "--test_env=E2E_SPLIT=1"]);
     let mut running = Running::default();
     for (name, checkout, args) in [
         ("job-1", &checkouts[0], &args),
@@ -860,6 +865,13 @@ fn jobs_of_one_run_that_split_or_come_late_are_warned() {
             .spawn(name, env.bazel_job(checkout, name, args))
             .unwrap();
     }
+    for name in ["job-1", "job-2"] {
+        wait_until(&format!("{name} has joined"), LIMIT, || {
+            running.get(name).read("stderr").contains("the session")
+        })
+        .unwrap();
+    }
+    std::fs::write(&gate, "open").unwrap();
     let jobs = running.wait_all(LIMIT).unwrap();
     let why = format!("\n{}", report(&env, &jobs));
     assert_sharded(&jobs, &why);

@@ -249,12 +249,10 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     };
     let outcome = drive(&options, &schema, &mut runner, &session, on_progress).await;
     match outcome {
-        Outcome::Complete(report) | Outcome::Alone { report, .. } => {
-            with_loading_errors(
-                finish(&schema, &report, command == "test", &warnings),
-                &plan.errors,
-            )
-        }
+        Outcome::Complete(report) | Outcome::Alone { report, .. } => with_loading_errors(
+            finish(&schema, &report, command == "test", &warnings),
+            &plan.errors,
+        ),
         Outcome::Unavailable(e) => fall_back(&e.to_string()),
         Outcome::Interrupted { alone } => {
             eprintln!(
