@@ -528,6 +528,7 @@ fn sharded_jobs_give_plain_bazels_verdict() {
         let scenario_started = Instant::now();
         for role in roles {
             fresh_dir(&role.side).unwrap();
+            remove_convenience_symlinks(role.workspace()).unwrap();
             for (path, text) in scenario.files {
                 write_file(role.workspace(), path, text).unwrap();
             }
@@ -829,6 +830,23 @@ fn summarized_tests(jsonl: &str) -> Vec<String> {
     labels.sort();
     labels.dedup();
     labels
+}
+
+/// Removes the `bazel-*` symlinks Bazel leaves at the workspace root. Regression: after the
+/// `--output_base` scenario they point into that other output base, which Bazel then no longer
+/// recognises as its own, so `//...` descends into them (`bazel-workspace/external/...`) and
+/// fails to load — in whichever role had not run a build since to put them back, so the roles
+/// disagreed by chance. Every build makes them again.
+fn remove_convenience_symlinks(workspace: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(workspace)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("bazel-")
+            && entry.file_type()?.is_symlink()
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// A directory for one role's files (side file, events), emptied before each scenario.
