@@ -1,9 +1,8 @@
 //! The plan comes from Bazel: the user's exact command line, run once with `--nobuild` and a
 //! build event file, says which targets `bazel test` would build and test (or `bazel build`
-//! would build). Bazel expands the
-//! patterns itself (negative patterns, test suites and their manual tests, `--target_pattern_file`,
-//! `--deleted_packages`, options from every bazelrc and `--config`), for the user's Bazel
-//! version; its analysis stays cached for the first batch. A command line Bazel rejects is left
+//! would build). Bazel expands the patterns itself (negative patterns, test suites and their
+//! manual tests, `--target_pattern_file`, `--deleted_packages`, options from every bazelrc and
+//! `--config`), for the user's Bazel version; its analysis stays cached for the first batch. A command line Bazel rejects is left
 //! for Bazel to report, with its own error and exit code.
 //!
 //! The same events carry Bazel's own parse of the command line, so the wrapper needs no table of

@@ -116,20 +116,14 @@ impl TaskRunner for BazelRunner {
             .map(|task| {
                 let build_task = self.builds.contains(&task.text);
                 let result = match events.result(&task.text) {
-                    Some(result) if build_task => with_batch_exit(
-                        TaskResult {
-                            outcome: built(result.outcome),
-                            ..result
-                        },
-                        exit,
-                    ),
-                    Some(result) => with_batch_exit(
-                        TaskResult {
-                            outcome: after_exit(result.outcome, exit),
-                            ..result
-                        },
-                        exit,
-                    ),
+                    Some(result) => {
+                        let outcome = if build_task {
+                            built(result.outcome)
+                        } else {
+                            after_exit(result.outcome, exit)
+                        };
+                        with_batch_exit(TaskResult { outcome, ..result }, exit)
+                    }
                     // Every target of the batch was filtered out: not a failure.
                     None if exit == code::NO_TESTS => TaskResult {
                         outcome: Outcome::Skipped,
