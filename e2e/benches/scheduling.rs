@@ -32,7 +32,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use wrapper::client::{run_session, SessionOptions};
 use wrapper::connection::{ConnectOptions, Connection};
-use wrapper::runner::{AssignedTask, TaskRunner};
+use wrapper::runner::{AssignedTask, Batch, TaskRunner};
 use wrapper::trust::Trust;
 
 const TASKS: usize = 400;
@@ -51,19 +51,19 @@ struct SleepRunner {
 }
 
 impl TaskRunner for SleepRunner {
-    async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
+    async fn run(&mut self, tasks: &[AssignedTask], batch: Batch) -> Vec<TaskReport> {
         let mut deadline = tokio::time::Instant::now() + OVERHEAD;
-        let mut reports = Vec::new();
-        if sleep_or_abort(deadline, &abort).await {
-            return reports;
+        if sleep_or_abort(deadline, &batch.abort).await {
+            return Vec::new();
         }
         for task in tasks {
             let duration = self.durations[task.id as usize];
             deadline += duration;
-            if sleep_or_abort(deadline, &abort).await {
+            if sleep_or_abort(deadline, &batch.abort).await {
                 break;
             }
-            reports.push(TaskReport {
+            // Each task as it finishes, as the Bazel runner does from the build events.
+            batch.finished(TaskReport {
                 task: task.id,
                 result: TaskResult {
                     outcome: Outcome::Passed,
@@ -74,7 +74,7 @@ impl TaskRunner for SleepRunner {
                 },
             });
         }
-        reports
+        Vec::new()
     }
 
     fn batch_overhead(&self) -> Duration {

@@ -11,7 +11,7 @@ use schemas::{Outcome, Schema, TaskId, TaskReport, TaskResult};
 use tokio_util::sync::CancellationToken;
 use wrapper::client::{run_session, Event, SessionOptions};
 use wrapper::connection::{ConnectOptions, Connection};
-use wrapper::runner::{AssignedTask, TaskRunner};
+use wrapper::runner::{AssignedTask, Batch, TaskRunner};
 use wrapper::trust::Trust;
 
 const TASKS: usize = 6;
@@ -30,13 +30,13 @@ struct RestartingRunner {
 }
 
 impl TaskRunner for RestartingRunner {
-    async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
+    async fn run(&mut self, tasks: &[AssignedTask], batch: Batch) -> Vec<TaskReport> {
         if let Some(restart) = self.restart.take() {
             restart.send(()).unwrap();
             self.restarted
                 .recv_timeout(Duration::from_secs(60))
                 .expect("the coordinator restarted");
-        } else if abort.is_cancelled() {
+        } else if batch.abort.is_cancelled() {
             return Vec::new();
         }
         self.ran.lock().unwrap().extend(tasks.iter().map(|t| t.id));

@@ -13,19 +13,19 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use wrapper::{
-    drive, interrupt_on_signals, AssignedTask, CancellationToken, ConnectOptions, Outcome,
-    Progress, Schema, SessionOptions, TaskOutcome, TaskReport, TaskResult, TaskRunner, Trust,
+    drive, interrupt_on_signals, AssignedTask, Batch, ConnectOptions, Outcome, Progress, Schema,
+    SessionOptions, TaskOutcome, TaskReport, TaskResult, TaskRunner, Trust,
 };
 
 /// The runner: what this project knows how to do with one task.
 struct LetterCounter;
 
 impl TaskRunner for LetterCounter {
-    async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
+    async fn run(&mut self, tasks: &[AssignedTask], batch: Batch) -> Vec<TaskReport> {
         let mut reports = Vec::new();
         for task in tasks {
             // Stop between tasks when told to; the tasks left out go to another job.
-            if abort.is_cancelled() {
+            if batch.abort.is_cancelled() {
                 break;
             }
             let started = Instant::now();

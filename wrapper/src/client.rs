@@ -17,7 +17,7 @@ use schemas::{Schema, SessionReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{ClientError, ConnectOptions, Connection};
-use crate::runner::TaskRunner;
+use crate::runner::{Batch, TaskRunner};
 pub use machine::Event;
 use machine::{Action, Config, Input, Machine};
 
@@ -121,14 +121,21 @@ pub async fn run_session<R: TaskRunner>(
             Next::Wait => shell.wait().await,
             Next::Run(tasks) => {
                 shell.abort = CancellationToken::new();
+                let (sender, mut finished) = tokio::sync::mpsc::unbounded_channel();
                 let reports = {
-                    let run = runner.run(&tasks, shell.abort.clone());
+                    let run = runner.run(&tasks, Batch::new(shell.abort.clone(), sender));
                     tokio::pin!(run);
                     // The coordinator is still listened to while the batch runs, so an abort
-                    // reaches the runner, and a lost connection is made again meanwhile.
+                    // reaches the runner, and a lost connection is made again meanwhile; each
+                    // task's result goes out as soon as the runner has it.
                     loop {
                         tokio::select! {
                             reports = &mut run => break reports,
+                            Some(report) = finished.recv() => {
+                                shell.machine.handle(Input::TaskFinished(report), now());
+                                let next = shell.act().await;
+                                debug_assert!(matches!(next, Next::Wait), "the batch still runs");
+                            }
                             () = shell.wait() => {
                                 let next = shell.act().await;
                                 debug_assert!(matches!(next, Next::Wait), "the batch still runs");
@@ -136,6 +143,10 @@ pub async fn run_session<R: TaskRunner>(
                         }
                     }
                 };
+                // Results the runner gave just before it returned.
+                while let Ok(report) = finished.try_recv() {
+                    shell.machine.handle(Input::TaskFinished(report), now());
+                }
                 let overhead = runner.batch_overhead();
                 shell
                     .machine

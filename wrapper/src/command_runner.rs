@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::output_tail::OutputTail;
-use crate::runner::{AssignedTask, TaskRunner};
+use crate::runner::{AssignedTask, Batch, TaskRunner};
 
 /// How long an aborted task's process gets to exit after SIGTERM before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
@@ -90,21 +90,21 @@ impl CommandRunner {
 }
 
 impl TaskRunner for CommandRunner {
-    async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
-        let mut reports = Vec::with_capacity(tasks.len());
+    async fn run(&mut self, tasks: &[AssignedTask], batch: Batch) -> Vec<TaskReport> {
         for task in tasks {
-            if abort.is_cancelled() {
+            if batch.abort.is_cancelled() {
                 break;
             }
-            match self.run_one(task, &abort).await {
-                Some(result) => reports.push(TaskReport {
+            match self.run_one(task, &batch.abort).await {
+                // Reported the moment it ends: every job sees it at once.
+                Some(result) => batch.finished(TaskReport {
                     task: task.id,
                     result,
                 }),
                 None => break,
             }
         }
-        reports
+        Vec::new()
     }
 
     fn batch_overhead(&self) -> Duration {
@@ -137,6 +137,7 @@ pub(crate) async fn terminate(child: &mut Child, signal: Signal, grace: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::run_collecting;
 
     fn task(id: u32, text: &str) -> AssignedTask {
         AssignedTask {
@@ -155,9 +156,12 @@ mod tests {
     async fn exit_codes_become_outcomes() {
         let script = "echo said {task} >&2; exit {task}";
         let mut runner = CommandRunner::new(vec!["sh".into(), "-c".into(), script.into()]);
-        let reports = runner
-            .run(&[task(0, "0"), task(1, "3")], CancellationToken::new())
-            .await;
+        let reports = run_collecting(
+            &mut runner,
+            &[task(0, "0"), task(1, "3")],
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(reports[0].result.log_tail, None);
         assert_eq!(reports[1].result.log_tail.as_deref(), Some("said 3"));
         let outcomes: Vec<_> = reports
@@ -173,7 +177,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_a_failed_task() {
         let mut runner = CommandRunner::new(vec!["/nonexistent/program".into()]);
-        let reports = runner.run(&[task(0, "x")], CancellationToken::new()).await;
+        let reports = run_collecting(&mut runner, &[task(0, "x")], CancellationToken::new()).await;
         assert_eq!(reports[0].result.outcome, Outcome::Failed);
         assert_eq!(reports[0].result.exit_code, Some(127));
     }
@@ -190,7 +194,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             trigger.cancel();
         });
-        let reports = runner.run(&[task(0, "a"), task(1, "b")], abort).await;
+        let reports = run_collecting(&mut runner, &[task(0, "a"), task(1, "b")], abort).await;
         assert!(
             reports.is_empty(),
             "an aborted task has no verdict: {reports:?}"

@@ -157,7 +157,7 @@ pub async fn run_alone<R: TaskRunner>(
         .collect();
     if !rest.is_empty() {
         let alone = alone_name(client_id);
-        for report in runner.run(&rest, interrupt.clone()).await {
+        for report in crate::runner::run_collecting(runner, &rest, interrupt.clone()).await {
             let record = TaskRecord {
                 task: report.task,
                 result: report.result,

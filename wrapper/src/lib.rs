@@ -9,10 +9,12 @@
 //!
 //! # Writing a runner
 //!
-//! Implement [`TaskRunner`]: given a batch of [`AssignedTask`]s, run them and return a
-//! [`TaskReport`] for each that reached a verdict. When the [`CancellationToken`] it is handed
-//! fires (another job finished those tasks first, or the user pressed Ctrl-C), stop promptly and
-//! return what you have; tasks left out go to another job.
+//! Implement [`TaskRunner`]: given a batch of [`AssignedTask`]s, run them and report a
+//! [`TaskReport`] for each that reached a verdict: with [`Batch::finished`] the moment it does
+//! (every job then sees it at once, and an idle job can take over what is left of a long batch),
+//! or in the list `run` returns. When the batch's abort token fires (other jobs finished those
+//! tasks first, or the user pressed Ctrl-C), stop promptly and return what you have; tasks left
+//! out go to another job.
 //!
 //! Then hand it to [`drive`], with [`ConnectOptions`] (from [`ConnectOptions::builder`]) saying
 //! where the coordinator is and how to trust it, and [`SessionOptions`] naming the session:
@@ -20,22 +22,21 @@
 //! ```no_run
 //! use std::time::Instant;
 //! use wrapper::{
-//!     drive, interrupt_on_signals, AssignedTask, CancellationToken, ConnectOptions, Outcome,
-//!     Schema, SessionOptions, TaskOutcome, TaskReport, TaskResult, TaskRunner, Trust,
+//!     drive, interrupt_on_signals, AssignedTask, Batch, ConnectOptions, Outcome, Schema,
+//!     SessionOptions, TaskOutcome, TaskReport, TaskResult, TaskRunner, Trust,
 //! };
 //!
 //! struct Shout;
 //!
 //! impl TaskRunner for Shout {
-//!     async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
-//!         let mut reports = Vec::new();
+//!     async fn run(&mut self, tasks: &[AssignedTask], batch: Batch) -> Vec<TaskReport> {
 //!         for task in tasks {
-//!             if abort.is_cancelled() {
+//!             if batch.abort.is_cancelled() {
 //!                 break;
 //!             }
 //!             let started = Instant::now();
 //!             println!("{}!", task.text.to_uppercase());
-//!             reports.push(TaskReport {
+//!             batch.finished(TaskReport {
 //!                 task: task.id,
 //!                 result: TaskResult {
 //!                     outcome: TaskOutcome::Passed,
@@ -46,7 +47,7 @@
 //!                 },
 //!             });
 //!         }
-//!         reports
+//!         Vec::new() // everything was reported as it finished
 //!     }
 //! }
 //!
@@ -109,7 +110,7 @@ pub use client::{run_session, Event, SessionOptions};
 pub use connect_options::ConnectOptionsBuilder;
 pub use connection::{ClientError, ConnectOptions};
 pub use driver::{drive, interrupt_on_signals, Outcome, Progress};
-pub use runner::{AssignedTask, TaskRunner};
+pub use runner::{AssignedTask, Batch, TaskRunner};
 pub use schemas::{
     Outcome as TaskOutcome, Schema, SessionReport, TaskId, TaskRecord, TaskReport, TaskResult,
 };

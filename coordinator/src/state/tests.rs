@@ -610,7 +610,7 @@ fn a_backup_takes_over_when_the_original_holder_dies() {
 }
 
 #[test]
-fn backups_are_only_made_of_long_single_task_batches_when_enabled() {
+fn backups_are_only_made_when_enabled() {
     let schema = schema("s", 3);
     // Off by policy: the idle client just waits.
     let mut world = World::new(Policy {
@@ -629,19 +629,60 @@ fn backups_are_only_made_of_long_single_task_batches_when_enabled() {
         world.report(2, batch.iter().map(|&t| report_of(t, 10, true)).collect());
     }
     assert!(world.leased_to("k", 2).is_empty());
+}
 
-    // On, but the long task shares its batch with others: no copy (aborting it would stop them).
+/// Issue 11: results arrive per task as they finish, so a straggling batch's remainder is known;
+/// an idle member gets copies of exactly that, each task is recorded once (the first result),
+/// and the copy the other member still runs is aborted.
+#[test]
+fn a_batchs_unfinished_remainder_is_backed_up_and_recorded_once() {
+    let schema = schema("s", 4);
     let mut world = World::new(Policy::default());
-    world
-        .coordinator
-        .history_mut()
-        .record("scope:s", "task-0", 60_000);
+    for task in 0..4 {
+        world
+            .coordinator
+            .history_mut()
+            .record("scope:s", &format!("task-{task}"), 20_000);
+    }
     world.join(1, "k", &schema);
-    // A large per-batch overhead makes the batch take all three.
-    let batch = assignment(&world.request_with_overhead(1, 3, 100_000), 1).unwrap();
-    assert_eq!(batch.len(), 3);
+    // A large per-batch overhead makes the first batch take all four.
+    let batch = assignment(&world.request_with_overhead(1, 4, 100_000), 1).unwrap();
+    assert_eq!(batch, vec![0, 1, 2, 3]);
     world.join(2, "k", &schema);
-    assert!(world.request(2, 1).is_empty());
+    // Task 0 finishes and is reported on its own, before the batch ends.
+    world.now += Duration::from_secs(20);
+    world.report(1, vec![report_of(0, 20_000, true)]);
+    // Client 2 is idle with nothing queued: it gets copies of the unfinished remainder.
+    assert_eq!(assignment(&world.request(2, 10), 2), Some(vec![1, 2, 3]));
+    assert_eq!(
+        world.leased_to("k", 1),
+        vec![1, 2, 3],
+        "client 1 keeps its leases"
+    );
+    // A third idle client gets nothing more: every task has its one copy.
+    world.join(3, "k", &schema);
+    assert!(world.request(3, 10).is_empty());
+    // The copy finishes task 3 first: client 1 is told to stop it, and only it.
+    let actions = world.report(2, vec![report_of(3, 5_000, true)]);
+    assert_eq!(aborted(&actions, 1), Some(vec![3]));
+    // Client 1 finishes 1 and 2 first: client 2 is told to stop those.
+    let actions = world.report(1, vec![report_of(1, 20_000, true)]);
+    assert_eq!(aborted(&actions, 2), Some(vec![1]));
+    let actions = world.report(1, vec![report_of(2, 20_000, true), report_of(3, 1, true)]);
+    assert_eq!(aborted(&actions, 2), Some(vec![2]));
+    let report = complete_report(&actions, 1).expect("complete");
+    let clients: Vec<&str> = report.records.iter().map(|r| r.client.as_str()).collect();
+    assert_eq!(
+        clients,
+        ["job-1", "job-1", "job-1", "job-2"],
+        "each result once, the first"
+    );
+    assert_eq!(
+        report.records[3].result.duration_ms, 5_000,
+        "the first result of task 3 stands"
+    );
+    // Late copies change nothing.
+    assert!(world.report(2, vec![report_of(1, 1, true)]).is_empty());
 }
 
 #[test]

@@ -44,12 +44,17 @@ impl BatchEvents {
     pub fn parse(jsonl: &str) -> BatchEvents {
         let mut events = BatchEvents::default();
         for line in jsonl.lines() {
-            let Ok(event) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            events.add(&event);
+            events.add_line(line);
         }
         events
+    }
+
+    /// Reads one more event (a line of the file as Bazel writes it); a line that is not JSON
+    /// is skipped.
+    pub fn add_line(&mut self, line: &str) {
+        if let Ok(event) = serde_json::from_str::<Value>(line) {
+            self.add(&event);
+        }
     }
 
     fn add(&mut self, event: &Value) {
@@ -117,6 +122,34 @@ impl BatchEvents {
 
     fn target(&mut self, label: &str) -> &mut TargetEvents {
         self.targets.entry(label.to_string()).or_default()
+    }
+
+    /// The result for `label` if it is already final while the build goes on: a test whose
+    /// summary gave it a verdict of its own (passed, flaky, failed, timed out), or a build task
+    /// (`build_task`) that was built. Whatever else a target may end with (never run, failed to
+    /// build) needs the batch's exit code to tell, so it waits for the end (see [`Self::result`]).
+    pub fn settled(&self, label: &str, build_task: bool) -> Option<TaskResult> {
+        let target = self.targets.get(label)?;
+        let settled = match (&target.summary_status, target.built) {
+            (Some(status), _) => matches!(
+                outcome_of(status),
+                Outcome::Passed | Outcome::Flaky | Outcome::Failed | Outcome::TimedOut
+            ),
+            (None, Some(true)) => build_task,
+            _ => false,
+        };
+        if !settled {
+            return None;
+        }
+        let result = self.result(label)?;
+        Some(if build_task {
+            TaskResult {
+                outcome: Outcome::Built,
+                ..result
+            }
+        } else {
+            result
+        })
     }
 
     /// The result for `label`, or `None` when the events say nothing about it.
@@ -234,6 +267,53 @@ mod tests {
     /// `//:sharded  PASSED in 1.3s` / `Stats over 3 runs: max = 1.3s, min = 0.5s, ...`: the
     /// longest shard. The same for `--runs_per_test=3` (`PASSED in 0.4s`) and for a retried
     /// flaky test. The lines are Bazel 4.2.3's, trimmed.
+    /// Issue 11: a verdict is streamed while the batch runs only when nothing that comes later
+    /// (the batch's exit code) can change it.
+    #[test]
+    fn only_verdicts_the_exit_code_cannot_change_are_settled_before_the_end() {
+        let events = BatchEvents::parse(EVENTS);
+        let settled = |label, build_task| {
+            events
+                .settled(label, build_task)
+                .map(|r| (r.outcome, r.executed))
+        };
+        assert_eq!(settled("//a:pass", false), Some((Outcome::Passed, true)));
+        assert_eq!(settled("//a:cached", false), Some((Outcome::Passed, false)));
+        assert_eq!(settled("//a:flaky", false), Some((Outcome::Flaky, true)));
+        assert_eq!(
+            settled("//a:fail", false).map(|s| s.0),
+            Some(Outcome::Failed)
+        );
+        assert_eq!(
+            settled("//a:slow", false).map(|s| s.0),
+            Some(Outcome::TimedOut)
+        );
+        // Built and untested: filtered out, or never run after a failure elsewhere: the exit
+        // code tells which, at the end.
+        assert_eq!(settled("//a:filtered", false), None);
+        assert_eq!(settled("//a:broken", false), None);
+        assert_eq!(settled("//a:never", false), None);
+        assert_eq!(settled("//a:unknown", false), None);
+        // A build task that was built is done, whatever else fails.
+        assert_eq!(
+            settled("//a:filtered", true).map(|s| s.0),
+            Some(Outcome::Built)
+        );
+        assert_eq!(settled("//a:broken", true), None);
+        // Line by line, as the file grows: nothing before the summary.
+        let mut growing = BatchEvents::default();
+        let mut lines = EVENTS.lines();
+        for line in lines.by_ref().take(3) {
+            growing.add_line(line);
+        }
+        assert_eq!(growing.settled("//a:pass", false), None, "no summary yet");
+        growing.add_line(lines.next().unwrap());
+        assert_eq!(
+            growing.settled("//a:pass", false).map(|r| r.outcome),
+            Some(Outcome::Passed)
+        );
+    }
+
     #[test]
     fn a_sharded_test_takes_as_long_as_its_longest_shard_as_bazel_says() {
         let events = r#"{"id":{"targetCompleted":{"label":"//:sharded"}},"completed":{"success":true}}

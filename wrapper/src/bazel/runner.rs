@@ -2,6 +2,7 @@
 //! its build events.
 
 mod batch_stderr;
+mod event_tail;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -11,13 +12,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use schemas::{Outcome, TaskReport, TaskResult};
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
 use super::bep::BatchEvents;
 use super::verdict::code;
 use super::WRAPPED_MARKER;
 use crate::command_runner::terminate;
-use crate::runner::{AssignedTask, TaskRunner};
+use crate::runner::{AssignedTask, Batch, TaskRunner};
+use event_tail::EventTail;
 
 /// How long an aborted Bazel gets to stop after SIGINT (which it handles by cancelling the build
 /// cleanly) before it is killed.
@@ -52,6 +53,9 @@ pub struct BazelRunner {
     pub overhead: Duration,
 }
 
+/// How often a running batch's event file is read for results to report.
+const STREAM_EVERY: Duration = Duration::from_millis(200);
+
 /// The overhead assumed before the first batch has been measured.
 pub const INITIAL_OVERHEAD: Duration = Duration::from_secs(1);
 
@@ -70,7 +74,7 @@ impl BazelRunner {
 }
 
 impl TaskRunner for BazelRunner {
-    async fn run(&mut self, tasks: &[AssignedTask], abort: CancellationToken) -> Vec<TaskReport> {
+    async fn run(&mut self, tasks: &[AssignedTask], batch: Batch) -> Vec<TaskReport> {
         self.batches += 1;
         let events_file = self.events_dir.join(format!("batch-{}.json", self.batches));
         let labels: Vec<&str> = tasks.iter().map(|t| t.text.as_str()).collect();
@@ -90,14 +94,21 @@ impl TaskRunner for BazelRunner {
             }
         };
         let stderr = batch_stderr::Forwarder::start(&mut child);
-        let status = tokio::select! {
-            status = child.wait() => status,
-            () = abort.cancelled() => {
-                terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
-                stderr.finish().await;
-                return Vec::new();
+        let mut stream = Stream::new(&events_file);
+        let mut tick = tokio::time::interval(STREAM_EVERY);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                () = batch.abort.cancelled() => {
+                    terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
+                    stderr.finish().await;
+                    return Vec::new();
+                }
+                _ = tick.tick() => stream.report_settled(tasks, &self.builds, &batch),
             }
         };
+        // The results of the last moments, before the rest, which needs the exit code.
+        stream.report_settled(tasks, &self.builds, &batch);
         stderr.finish().await;
         let exit = match status {
             Ok(status) => status.code().unwrap_or(code::INTERRUPTED),
@@ -158,6 +169,54 @@ impl TaskRunner for BazelRunner {
 
     fn batch_overhead(&self) -> Duration {
         self.overhead
+    }
+}
+
+/// A running batch's results, reported one by one as the build events settle them.
+struct Stream {
+    tail: EventTail,
+    events: BatchEvents,
+    reported: BTreeSet<u32>,
+}
+
+impl Stream {
+    fn new(events_file: &std::path::Path) -> Stream {
+        Stream {
+            tail: EventTail::new(events_file),
+            events: BatchEvents::default(),
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// Reads what Bazel has written since the last call and reports each task whose result it
+    /// settles (see [`BatchEvents::settled`]): the same result the batch's end would give it.
+    fn report_settled(&mut self, tasks: &[AssignedTask], builds: &BTreeSet<String>, batch: &Batch) {
+        let lines = self.tail.read();
+        if lines.is_empty() {
+            return;
+        }
+        for line in &lines {
+            self.events.add_line(line);
+        }
+        for task in tasks {
+            if self.reported.contains(&task.id) {
+                continue;
+            }
+            let Some(result) = self.events.settled(&task.text, builds.contains(&task.text)) else {
+                continue;
+            };
+            let mut report = [TaskReport {
+                task: task.id,
+                result,
+            }];
+            if !report[0].result.outcome.is_success() {
+                let labels = [(task.id, task.text.as_str())].into();
+                super::test_log::attach_failing_logs(&mut report, &labels, self.tail.text());
+            }
+            self.reported.insert(task.id);
+            let [report] = report;
+            batch.finished(report);
+        }
     }
 }
 

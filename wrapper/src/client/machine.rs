@@ -13,6 +13,9 @@
 //!   tasks it runs or ran, so that a coordinator which lost their leases gives them back to it.
 //! - A ticket the coordinator does not know any more is dropped: the client joins as a new member.
 //! - A join refused for load ([`ErrorCode::Busy`]) is tried again, with backoff.
+//! - Each result is reported the moment the runner says its task finished, not when the whole
+//!   batch has: the coordinator then knows what is left of a long batch and may copy that to an
+//!   idle client. A batch stops only when every task it still runs was finished elsewhere.
 //! - A lost connection is not the end: the running batch carries on while it reconnects for
 //!   `reconnect_for`; when that passes, the batch still finishes and its results are kept (for
 //!   the caller to finish the session alone) before the run ends with [`ClientError::GaveUp`].
@@ -79,7 +82,10 @@ pub enum Input {
     Received(ServerMessage),
     /// Connecting, sending or receiving failed (a lost connection is [`ClientError::Lost`]).
     Failed(ClientError),
-    /// The running batch ended with these reports; the next request says `overhead`.
+    /// A task of the running batch finished, before the batch did.
+    TaskFinished(TaskReport),
+    /// The running batch ended with these reports (those already given as
+    /// [`Input::TaskFinished`] may be among them); the next request says `overhead`.
     BatchFinished {
         /// The runner's reports.
         reports: Vec<TaskReport>,
@@ -163,6 +169,11 @@ pub struct Machine {
     reported: Vec<TaskReport>,
     /// The tasks of the batch running now, to claim after reconnecting.
     running: Option<Vec<TaskId>>,
+    /// The tasks of the running batch already reported ([`Input::TaskFinished`]).
+    streamed: Vec<TaskId>,
+    /// The tasks of the running batch the coordinator said were finished elsewhere: they are
+    /// not reported, and the batch stops once nothing else of it is left.
+    aborted: Vec<TaskId>,
     /// The request for work not answered yet. The coordinator forgets it with the connection it
     /// came on, so it is made again on each new connection, and only there.
     requested: Option<WorkRequest>,
@@ -189,6 +200,8 @@ impl Machine {
             joined_once: false,
             reported: Vec::new(),
             running: None,
+            streamed: Vec::new(),
+            aborted: Vec::new(),
             requested: None,
             ending: None,
             actions: VecDeque::new(),
@@ -242,6 +255,7 @@ impl Machine {
                     self.send_join(false);
                 }
             }
+            Input::TaskFinished(report) => self.task_finished(report),
             Input::BatchFinished { reports, overhead } => self.batch_finished(reports, overhead),
             Input::Interrupted => self.fail(ClientError::Interrupted),
             // Waiting for the batch to stop: the coordinator has nothing more to say.
@@ -325,12 +339,26 @@ impl Machine {
             (Link::Up, ServerMessage::Abort(ids)) => {
                 // Nothing running, or none of ours: whatever it names is already stopped.
                 let Some(running) = &self.running else { return };
-                let stopped: Vec<TaskId> =
-                    ids.into_iter().filter(|id| running.contains(id)).collect();
-                if !stopped.is_empty() {
-                    self.actions.push_back(Action::AbortBatch);
-                    self.emit(Event::Aborted(stopped));
+                let stopped: Vec<TaskId> = ids
+                    .into_iter()
+                    .filter(|id| {
+                        running.contains(id)
+                            && !self.streamed.contains(id)
+                            && !self.aborted.contains(id)
+                    })
+                    .collect();
+                if stopped.is_empty() {
+                    return;
                 }
+                self.aborted.extend(&stopped);
+                // The rest of the batch runs on while any of it is this client's to finish.
+                let left = running
+                    .iter()
+                    .any(|id| !self.streamed.contains(id) && !self.aborted.contains(id));
+                if !left {
+                    self.actions.push_back(Action::AbortBatch);
+                }
+                self.emit(Event::Aborted(stopped));
             }
             (_, other) => self.fail(unexpected(&other)),
         }
@@ -377,6 +405,8 @@ impl Machine {
         match tasks {
             Ok(tasks) => {
                 self.running = Some(ids);
+                self.streamed.clear();
+                self.aborted.clear();
                 self.emit(Event::Assigned(tasks.clone(), progress));
                 self.actions.push_back(Action::StartBatch(tasks));
             }
@@ -384,10 +414,40 @@ impl Machine {
         }
     }
 
-    fn batch_finished(&mut self, reports: Vec<TaskReport>, overhead: Duration) {
-        if self.running.take().is_none() {
+    /// A task of the running batch finished: its result goes to the coordinator now (or with
+    /// the rejoin, when reconnecting), and is kept to re-send. A task the batch does not run,
+    /// already reported or finished elsewhere, is not reported again.
+    fn task_finished(&mut self, report: TaskReport) {
+        let Some(running) = &self.running else { return };
+        let task = report.task;
+        if !running.contains(&task) || self.streamed.contains(&task) || self.aborted.contains(&task)
+        {
             return;
         }
+        self.streamed.push(task);
+        self.reported.push(report.clone());
+        if matches!(self.link, Link::Up) {
+            self.actions
+                .push_back(Action::Send(ClientMessage::Results(vec![report.clone()])));
+        }
+        self.emit(Event::Reported(vec![report]));
+    }
+
+    fn batch_finished(&mut self, reports: Vec<TaskReport>, overhead: Duration) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        // What was reported as it finished, or finished elsewhere, is not reported again.
+        let streamed = std::mem::take(&mut self.streamed);
+        let aborted = std::mem::take(&mut self.aborted);
+        let reports: Vec<TaskReport> = reports
+            .into_iter()
+            .filter(|r| {
+                running.contains(&r.task)
+                    && !streamed.contains(&r.task)
+                    && !aborted.contains(&r.task)
+            })
+            .collect();
         match self.ending.take() {
             Some(Ending::Complete(report)) => return self.finish(Ok(report)),
             Some(Ending::Failed(e)) => return self.finish(Err(e)),
@@ -403,15 +463,18 @@ impl Machine {
         self.reported.extend(reports.iter().cloned());
         let request = self.request(overhead);
         self.requested = Some(request);
-        if matches!(self.link, Link::Up) {
-            self.actions
-                .push_back(Action::Send(ClientMessage::Results(reports.clone())));
-            self.emit(Event::Reported(reports));
-            self.actions
-                .push_back(Action::Send(ClientMessage::Request(request)));
-        } else {
+        let up = matches!(self.link, Link::Up);
+        if !reports.is_empty() {
+            if up {
+                self.actions
+                    .push_back(Action::Send(ClientMessage::Results(reports.clone())));
+            }
             // Reconnecting: the rejoin re-sends every result and the request.
             self.emit(Event::Reported(reports));
+        }
+        if up {
+            self.actions
+                .push_back(Action::Send(ClientMessage::Request(request)));
         }
     }
 

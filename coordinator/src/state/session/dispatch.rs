@@ -1,5 +1,5 @@
 //! Handing out work: requests, batches sized from the expected durations, and backup copies
-//! of long tasks for idle members.
+//! of what a straggling batch has not finished yet, for idle members.
 
 use super::*;
 
@@ -32,7 +32,7 @@ impl Session {
     }
 
     /// Hands queued tasks to waiting clients, oldest request first; with the queue empty, gives
-    /// idle clients backup copies of long tasks still running elsewhere.
+    /// idle clients backup copies of the unfinished remainder of a batch still running elsewhere.
     pub(super) fn dispatch(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.settling_until.is_some() {
@@ -46,14 +46,17 @@ impl Session {
             let request = self.members[&idx].waiting.expect("a waiter has a request");
             let batch = if self.queue.is_empty() {
                 match self.backup_candidate(idx, request.overhead_ms, now) {
-                    Some(task) => {
-                        if let Slot::Leased { backup, .. } = &mut self.slots[task as usize] {
-                            *backup = Some(idx);
+                    Some(tasks) => {
+                        for &task in &tasks {
+                            if let Slot::Leased { backup, .. } = &mut self.slots[task as usize] {
+                                *backup = Some(idx);
+                            }
+                            self.touch(task);
                         }
-                        self.touch(task);
-                        self.counts.backups += 1;
-                        tracing::info!(session = %self.key, task, "handing out a backup copy of a long task");
-                        vec![task]
+                        self.counts.backups += tasks.len() as u64;
+                        tracing::info!(session = %self.key, tasks = tasks.len(),
+                            "handing out backup copies of what a straggling batch has not finished");
+                        tasks
                     }
                     None => break,
                 }
@@ -110,42 +113,53 @@ impl Session {
         self.touch(task);
     }
 
-    /// The running task most worth a backup copy on `idle`: alone in its holder's batch, without
-    /// a copy yet, and expected to run on for longer than it costs to start a copy. `None` when
-    /// backups are off or nothing qualifies.
+    /// The tasks most worth backup copies on `idle`: the unfinished remainder of one batch
+    /// running elsewhere — the tasks its holder has not reported (results arrive per task as
+    /// they finish) and nobody else copies yet — expected to run on, all together, for longer
+    /// than it costs to start a copy. The batch with the most expected work left is chosen.
+    /// The first result of each task wins and the other copy is aborted, so a copy of a
+    /// remainder costs idle time only. `None` when backups are off or nothing qualifies.
     pub(super) fn backup_candidate(
         &self,
         idle: MemberIdx,
         overhead_ms: u64,
         now: Instant,
-    ) -> Option<TaskId> {
+    ) -> Option<Vec<TaskId>> {
         if !self.scheduling.backups {
             return None;
         }
-        // Candidates are the members running a single task: look there, not at every slot.
+        // Candidates are the members' unreported tasks: look there, not at every slot.
         self.members
             .iter()
             .filter(|(holder, _)| **holder != idle)
-            .filter_map(|(holder, member)| match member.running[..] {
-                [task] => Some((holder, task as usize)),
-                _ => None,
-            })
-            .filter_map(|(holder, task)| match &self.slots[task] {
-                Slot::Leased {
-                    holder: leased_to,
-                    since,
-                    backup: None,
-                } if leased_to == holder
-                    // Only on grounds: the task's history, or durations seen in this session.
-                    && (self.known[task].is_some() || self.observed.1 > 0) =>
-                {
-                    let elapsed = now.saturating_duration_since(*since).as_millis() as u64;
-                    let left = self.expected(task).saturating_sub(elapsed);
-                    (left > 2 * overhead_ms + MIN_BACKUP_GAIN_MS).then_some((left, task as TaskId))
+            .filter_map(|(holder, member)| {
+                let mut started = now;
+                let mut expected = 0;
+                // Only on grounds: a task's history, or durations seen in this session.
+                let mut grounds = self.observed.1 > 0;
+                let mut tasks = Vec::new();
+                for &task in &member.running {
+                    let index = task as usize;
+                    if let Slot::Leased {
+                        holder: leased_to,
+                        since,
+                        backup: None,
+                    } = &self.slots[index]
+                    {
+                        if leased_to == holder {
+                            grounds |= self.known[index].is_some();
+                            started = started.min(*since);
+                            expected += self.expected(index);
+                            tasks.push(task);
+                        }
+                    }
                 }
-                _ => None,
+                let elapsed = now.saturating_duration_since(started).as_millis() as u64;
+                let left = expected.saturating_sub(elapsed);
+                (grounds && !tasks.is_empty() && left > 2 * overhead_ms + MIN_BACKUP_GAIN_MS)
+                    .then_some((left, tasks))
             })
             .max()
-            .map(|(_, task)| task)
+            .map(|(_, tasks)| tasks)
     }
 }

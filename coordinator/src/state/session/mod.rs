@@ -79,8 +79,8 @@ struct Member {
     holding_since: Option<Instant>,
     /// `Some(request)` while the client has asked for work and not been given any.
     waiting: Option<Waiting>,
-    /// The tasks of its last assignment it has not reported yet (a backup copy is only made of a
-    /// task that is a batch on its own, so aborting it stops nothing else).
+    /// The tasks of its last assignment it has not reported yet (clients report each task as it
+    /// finishes): what is left of its batch, which an idle member may copy.
     running: Vec<TaskId>,
 }
 

@@ -347,15 +347,83 @@ fn an_abort_stops_the_batch_only_when_it_names_its_tasks() {
         test.receive(ServerMessage::Abort(vec![0]))[..],
         [Action::AbortBatch]
     ));
-    // The batch goes on to report and ask again, as after any batch.
+    // The batch goes on to ask again, as after any batch; nothing is left to report.
     let after = test.give(Input::BatchFinished {
         reports: vec![],
         overhead: Duration::ZERO,
     });
+    assert!(matches!(sent(&after)[..], [ClientMessage::Request(_)]));
+}
+
+/// Issue 11: each result goes out the moment the runner has it, before the batch ends, and
+/// is not sent again with the batch's end.
+#[test]
+fn a_task_finished_mid_batch_is_reported_at_once_and_once() {
+    let mut test = Test::joined();
+    test.actions();
+    test.receive(assignment(&[0, 1]));
+    let now = test.give(Input::TaskFinished(report(1)));
+    assert!(
+        matches!(&sent(&now)[..], [ClientMessage::Results(r)] if *r == vec![report(1)]),
+        "{now:?}"
+    );
+    // Again, or a task the batch does not run: nothing.
+    assert!(test.give(Input::TaskFinished(report(1))).is_empty());
+    assert!(test.give(Input::TaskFinished(report(2))).is_empty());
+    let end = test.give(Input::BatchFinished {
+        reports: vec![report(0), report(1)],
+        overhead: Duration::ZERO,
+    });
+    assert!(
+        matches!(
+            &sent(&end)[..],
+            [ClientMessage::Results(r), ClientMessage::Request(_)] if *r == vec![report(0)]
+        ),
+        "{end:?}"
+    );
+}
+
+/// Issue 11: an idle job may copy what is left of this batch; tasks it finishes first are
+/// aborted here one by one, and the batch stops only when nothing of it is left to run.
+#[test]
+fn an_abort_of_part_of_the_batch_lets_the_rest_run_on() {
+    let mut test = Test::joined();
+    test.actions();
+    test.receive(assignment(&[0, 1, 2]));
+    test.give(Input::TaskFinished(report(0)));
+    // Task 1 finished elsewhere: 2 still runs here.
+    assert!(test.receive(ServerMessage::Abort(vec![1])).is_empty());
+    // Its result, should the runner still give it, is not reported.
+    assert!(test.give(Input::TaskFinished(report(1))).is_empty());
+    // Task 2 too: nothing of the batch is left, it stops.
     assert!(matches!(
-        sent(&after)[..],
-        [ClientMessage::Results(_), ClientMessage::Request(_)]
+        test.receive(ServerMessage::Abort(vec![2]))[..],
+        [Action::AbortBatch]
     ));
+    let end = test.give(Input::BatchFinished {
+        reports: vec![report(2)],
+        overhead: Duration::ZERO,
+    });
+    assert!(
+        matches!(sent(&end)[..], [ClientMessage::Request(_)]),
+        "{end:?}"
+    );
+}
+
+/// A result finished while reconnecting is kept and goes with the rejoin.
+#[test]
+fn a_task_finished_while_reconnecting_goes_with_the_rejoin() {
+    let mut test = Test::joined();
+    test.actions();
+    test.receive(assignment(&[0, 1]));
+    test.give(Input::Failed(lost()));
+    assert!(test.give(Input::TaskFinished(report(0))).is_empty());
+    test.give(Input::Connected);
+    let rejoin = test.receive(joined(1, true));
+    assert!(
+        matches!(&sent(&rejoin)[..], [ClientMessage::Results(r), ..] if *r == vec![report(0)]),
+        "{rejoin:?}"
+    );
 }
 
 #[test]
