@@ -913,3 +913,66 @@ fn jobs_of_one_run_that_split_or_come_late_are_warned() {
         "nothing ran again{why}"
     );
 }
+
+/// Issue 11: a target's result reaches the coordinator when Bazel reports it, not when its
+/// batch ends. One job runs one batch of two tests; `//math:sub_test` waits for a gate, so the
+/// batch cannot end before the coordinator is seen holding `//math:add_test`'s result.
+#[test]
+fn per_target_results_arrive_before_their_batch_ends() {
+    let _serial = begin("per_target_results_arrive_before_their_batch_ends");
+    let env = BazelEnv::start("streamed").unwrap();
+    let checkouts = checkouts(1);
+    let gate = env.side_dir().join("gate");
+    let gate_env = format!("--test_env=E2E_GATE={}", gate.display());
+    let mut args = env.test_args(&[&gate_env, "--test_env=E2E_GATE_TARGET=//math:sub_test"]);
+    args.splice(1..2, ["//math:add_test".into(), "//math:sub_test".into()]);
+    let mut running = Running::default();
+    running
+        .spawn("job-1", env.bazel_job(&checkouts[0], "job-1", &args))
+        .unwrap();
+    let dashboard = env
+        .coordinator
+        .as_ref()
+        .and_then(|c| c.dashboard.clone())
+        .expect("the coordinator serves its API");
+    let finished = || -> Option<u64> {
+        let output = Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .arg(format!("{dashboard}api/sessions"))
+            .output()
+            .ok()?;
+        let sessions: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        sessions.as_array()?.first()?["finished"].as_u64()
+    };
+    wait_until("add_test's result reached the coordinator", LIMIT, || {
+        finished() == Some(1)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", running.get("job-1").read("stderr")));
+    // sub_test has started (its side-file line comes before the gate) and is held at the gate:
+    // the batch is still running.
+    wait_until("sub_test started", LIMIT, || {
+        env.executions_from_side_file()
+            .contains_key("//math:sub_test")
+    })
+    .unwrap();
+    assert!(!running.has_exited("job-1"), "the batch ended early");
+    std::fs::write(&gate, "open").unwrap();
+    let jobs = running.wait_all(LIMIT).unwrap();
+    let why = format!("\n{}", report(&env, &jobs));
+    assert_eq!(jobs[0].code(), Some(0), "{why}");
+    let summary = parse_summary(&jobs[0].summary()).unwrap_or_else(|e| panic!("{e:#}{why}"));
+    for label in ["//math:add_test", "//math:sub_test"] {
+        assert_eq!(
+            summary.row(label).unwrap().outcome,
+            "PASSED",
+            "{label}{why}"
+        );
+    }
+    // Both tests were one batch: the result came out of a batch still running.
+    let batches = env.build_events_per_job();
+    assert_eq!(
+        batches.values().map(Vec::len).collect::<Vec<_>>(),
+        [1],
+        "one job, one batch{why}"
+    );
+}

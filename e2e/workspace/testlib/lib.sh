@@ -56,3 +56,18 @@ pass() {
   echo "PASS: $(e2e_label)"
   exit 0
 }
+
+# A test the harness holds open: with --test_env=E2E_GATE=FILE, the test named by
+# --test_env=E2E_GATE_TARGET=LABEL waits (at most 5 minutes) for FILE to exist before it goes
+# on; //slow:sleep4_test also waits when no target is named.
+e2e_wait_for_gate() {
+  for _ in $(seq 1 3000); do
+    [ -e "${E2E_GATE}" ] && return 0
+    sleep 0.1
+  done
+  fail "the gate ${E2E_GATE} never opened"
+}
+
+if [ -n "${E2E_GATE:-}" ] && [ "${E2E_GATE_TARGET:-}" = "$(e2e_label)" ]; then
+  e2e_wait_for_gate
+fi
