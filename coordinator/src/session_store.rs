@@ -2,7 +2,8 @@
 //! [`crate::state::persist`], so that a restarted coordinator resumes every session where it was.
 //! Rows are bincode, the same encoding as the wire protocol; the tables' names carry the rows'
 //! version (v2: results carry log tails, protocol version 3; v3: sessions carry their run,
-//! protocol version 4), so a file from another version starts empty rather than misread.
+//! protocol version 4; v4: sessions say whether they stop at the first failure, protocol
+//! version 5), so a file from another version starts empty rather than misread.
 
 use std::path::Path;
 
@@ -13,11 +14,11 @@ use crate::history_store::StoreError;
 use crate::state::persist::{self, Journal, Snapshot};
 
 /// Session rows by key.
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v3");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v4");
 /// Member rows by (session key, member index).
-const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v3");
+const MEMBERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("members_v4");
 /// Task rows by (session key, task id).
-const SLOTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("slots_v3");
+const SLOTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("slots_v4");
 
 /// Sessions in a redb file.
 pub struct SessionStore {
@@ -130,6 +131,7 @@ mod tests {
             schema,
             history_scope: "run:s".into(),
             run: Some("bazel/r/test".into()),
+            fail_fast: true,
         };
         let mut first = Journal::default();
         for key in ["k", "k2", "other"] {

@@ -193,12 +193,8 @@ async fn shared_run(
     let mut handles = Vec::new();
     for (connection, options) in connected {
         let session = SessionOptions {
-            session_key: session_key.to_string(),
-            history_scope: history_scope.to_string(),
-            run: None,
             max_batch,
-            interrupt: CancellationToken::new(),
-            reconnect_for: wrapper::client::DEFAULT_RECONNECT_FOR,
+            ..SessionOptions::new(session_key, history_scope)
         };
         let schema = schema.clone();
         let mut runner = SleepRunner {

@@ -820,8 +820,11 @@ pub fn parse_summary(text: &str) -> Result<Summary> {
 }
 
 fn parse_row(line: &str) -> Option<SummaryRow> {
-    let (left, client) = line.rsplit_once("  [")?;
-    let client = client.strip_suffix(']')?.to_string();
+    // A task nobody ran (the session stopped at its first failure) names no client.
+    let (left, client) = match line.rsplit_once("  [") {
+        Some((left, client)) => (left, client.strip_suffix(']')?.to_string()),
+        None => (line.trim_end(), String::new()),
+    };
     let (label, detail) = left.split_once(' ')?;
     let detail = detail.trim_start();
     let (cached, detail) = match detail.strip_prefix("(cached) ") {

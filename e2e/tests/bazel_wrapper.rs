@@ -976,3 +976,33 @@ fn per_target_results_arrive_before_their_batch_ends() {
         "one job, one batch{why}"
     );
 }
+
+/// Issue 11: with Bazel's own `--notest_keep_going`, the first failing test stops every job of
+/// the session. `//slow:sleep4_test` waits for a gate that never opens (for 5 minutes, longer
+/// than the jobs may take): only being stopped ends its batch. Every job then reports the same
+/// verdict, the exit code plain Bazel gives (3), with the tests nobody got to NO STATUS.
+#[test]
+fn notest_keep_going_stops_every_job_with_one_verdict() {
+    let _serial = begin("notest_keep_going_stops_every_job_with_one_verdict");
+    let env = BazelEnv::start("fail-fast").unwrap();
+    let checkouts = checkouts(2);
+    let gate = env.side_dir().join("gate-never-opened");
+    let gate_env = format!("--test_env=E2E_GATE={}", gate.display());
+    let args = env.test_args(&["--notest_keep_going", &gate_env]);
+    let jobs = start_jobs(&env, &checkouts, &args).wait_all(LIMIT).unwrap();
+    let why = format!("\n{}", report(&env, &jobs));
+    for job in &jobs {
+        assert_eq!(job.code(), Some(3), "{} {why}", job.name);
+    }
+    assert_eq!(jobs[0].summary(), jobs[1].summary(), "one verdict{why}");
+    let summary = parse_summary(&jobs[0].summary()).unwrap_or_else(|e| panic!("{e:#}{why}"));
+    assert_eq!(
+        summary.row(FAILING_TEST).unwrap().outcome,
+        "FAILED",
+        "{why}"
+    );
+    let held = summary.row("//slow:sleep4_test").unwrap();
+    assert_eq!(held.outcome, "NO STATUS", "{why}");
+    // Both jobs took part: the stop reached a job that was not the one that failed.
+    assert_sharded(&jobs, &why);
+}

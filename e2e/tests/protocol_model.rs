@@ -48,6 +48,9 @@ enum Step {
     Connected(usize),
     /// The client's batch ends (the first `n` tasks reported, if it was told to stop).
     FinishBatch(usize, usize),
+    /// The next task of the client's batch finishes and is reported at once, the batch running
+    /// on (as the Bazel runner reports each target from the build events).
+    FinishTask(usize),
     /// The client's connection dies; the coordinator notices at once or only after the idle
     /// timeout.
     Cut(usize, bool),
@@ -65,6 +68,7 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (0..CLIENTS).prop_map(Step::Receive),
         3 => (0..CLIENTS).prop_map(Step::Connected),
         3 => (0..CLIENTS, 0..3usize).prop_map(|(c, n)| Step::FinishBatch(c, n)),
+        3 => (0..CLIENTS).prop_map(Step::FinishTask),
         1 => (0..CLIENTS, any::<bool>()).prop_map(|(c, noticed)| Step::Cut(c, noticed)),
         1 => prop_oneof![0..3_000u64, 0..40_000u64].prop_map(Step::Wait),
         1 => Just(Step::Flush),
@@ -91,6 +95,8 @@ struct Client {
     connecting: bool,
     /// The batch it runs, and whether it was told to stop.
     batch: Option<(Vec<TaskId>, bool)>,
+    /// How many of the batch's tasks it reported as they finished (the first ones).
+    streamed: usize,
     /// Every task the coordinator handed it.
     handed: BTreeSet<TaskId>,
     /// Whether it joined the session (before that, any failure but a refusal for load ends its
@@ -171,6 +177,7 @@ impl Model {
                 session_key: "session".into(),
                 history_scope: "scope".into(),
                 run: Some("run".into()),
+                fail_fast: false,
                 schema: schema(),
                 max_batch,
                 // Never given up on within a case: a connection asked for is made or cut.
@@ -183,6 +190,7 @@ impl Model {
                 conn: Some((conn, Link::default())),
                 connecting: false,
                 batch: None,
+                streamed: 0,
                 handed: BTreeSet::new(),
                 joined: false,
                 finished: None,
@@ -237,6 +245,7 @@ impl Model {
                     }
                     prop_assert!(c.batch.is_none(), "client {client} started a second batch");
                     c.batch = Some((ids, false));
+                    c.streamed = 0;
                 }
                 Action::AbortBatch => {
                     if let Some((_, stop)) = &mut c.batch {
@@ -323,6 +332,7 @@ impl Model {
             Step::Receive(client) => self.receive(client)?,
             Step::Connected(client) => self.connected(client),
             Step::FinishBatch(client, n) => self.finish_batch(client, n),
+            Step::FinishTask(client) => self.finish_task(client),
             Step::Cut(client, noticed) => {
                 if self.clients[client].conn.is_some() {
                     self.drop_connection(client, noticed);
@@ -412,6 +422,22 @@ impl Model {
             },
             self.now,
         );
+    }
+
+    fn finish_task(&mut self, client: usize) {
+        let c = &mut self.clients[client];
+        let Some((tasks, false)) = &c.batch else {
+            return;
+        };
+        let Some(&task) = tasks.get(c.streamed) else {
+            return;
+        };
+        c.streamed += 1;
+        let report = TaskReport {
+            task,
+            result: result_of(client, task),
+        };
+        c.machine.handle(Input::TaskFinished(report), self.now);
     }
 
     fn wait(&mut self, by: Duration) {

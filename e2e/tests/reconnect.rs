@@ -128,12 +128,8 @@ async fn a_connection_lost_while_reporting_asks_for_work_once() {
     let client = tokio::spawn(async move {
         let (connection, _) = Connection::connect(&connect).await.unwrap();
         let session = SessionOptions {
-            session_key: "reconnect".to_string(),
-            history_scope: "test:reconnect".to_string(),
-            run: None,
-            max_batch: 1,
-            interrupt: CancellationToken::new(),
             reconnect_for: Duration::from_secs(30),
+            ..SessionOptions::new("reconnect", "test:reconnect")
         };
         let mut events = Vec::new();
         let result = run_session(connection, &connect, &schema, &mut runner, &session, |e| {

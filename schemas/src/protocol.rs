@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::schema::{Schema, SchemaDigest};
 
 /// The version of this protocol. Bump it on any change to the messages' encoding.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The TLS application protocol (ALPN) that names this protocol. It stays the same across
 /// [`PROTOCOL_VERSION`]s from 2 on, so that a peer of another version gets through TLS and is
@@ -137,6 +137,12 @@ pub struct Join {
     /// commit, other options) split into separate sessions; the coordinator counts the sessions
     /// of each run ([`Joined::run_sessions`]) so that they are told. Added in protocol version 4.
     pub run: Option<String>,
+    /// Whether the session stops at its first failing task (Bazel's `--notest_keep_going`): the
+    /// coordinator then records every task without a result as not run ([`Outcome::NoStatus`],
+    /// no exit code, no client) and completes the session, so every job stops and reports the
+    /// same verdict. The join that creates the session decides; the session key covers the
+    /// options, so every job of it asks the same. Added in protocol version 5.
+    pub fail_fast: bool,
 }
 
 impl Join {
@@ -157,6 +163,7 @@ impl Join {
             resume: None,
             running: Vec::new(),
             run: None,
+            fail_fast: false,
         }
     }
 }
@@ -451,6 +458,7 @@ mod tests {
                 resume: Some(Ticket([7; 16])),
                 running: vec![1],
                 run: Some("bazel/r/test".into()),
+                fail_fast: true,
             }),
             ClientMessage::Request(WorkRequest {
                 max_tasks: 5,

@@ -58,6 +58,8 @@ pub struct SessionOptions {
     pub run: Option<String>,
     /// The most tasks to take per assignment.
     pub max_batch: u32,
+    /// Whether the session stops at its first failing task (see [`schemas::Join::fail_fast`]).
+    pub fail_fast: bool,
     /// Fires on SIGINT/SIGTERM: the runner is stopped and the run ends with
     /// [`ClientError::Interrupted`].
     pub interrupt: CancellationToken,
@@ -79,6 +81,7 @@ impl SessionOptions {
             history_scope: history_scope.into(),
             run: None,
             max_batch: 1,
+            fail_fast: false,
             interrupt: CancellationToken::new(),
             reconnect_for: DEFAULT_RECONNECT_FOR,
         }
@@ -100,6 +103,7 @@ pub async fn run_session<R: TaskRunner>(
         session_key: options.session_key.clone(),
         history_scope: options.history_scope.clone(),
         run: options.run.clone(),
+        fail_fast: options.fail_fast,
         schema: schema.clone(),
         max_batch: options.max_batch,
         reconnect_for: options.reconnect_for,

@@ -32,7 +32,9 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
         let text = printable(task_text(schema, record));
         let result = &record.result;
         *counts.entry(result.outcome).or_default() += 1;
-        jobs.insert(job_of(&record.client));
+        if !record.client.is_empty() {
+            jobs.insert(job_of(&record.client));
+        }
         // Bazel's style: `//a:b  (cached) PASSED in 0.4s`, then who ran it.
         let cached = if from_cache(result) { "(cached) " } else { "" };
         let mut detail = format!("{cached}{}", result.outcome.label());
@@ -48,11 +50,13 @@ pub fn render(schema: &Schema, report: &SessionReport) -> String {
             }
             None => {}
         }
-        let _ = writeln!(
-            out,
-            "{text:<width$}  {detail}  [{}]",
-            printable(&record.client)
-        );
+        // A task nobody ran (the session stopped at its first failure) names no job.
+        let by = if record.client.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", printable(&record.client))
+        };
+        let _ = writeln!(out, "{text:<width$}  {detail}{by}");
     }
     let totals: Vec<String> = counts
         .iter()

@@ -138,6 +138,7 @@ impl Coordinator {
                     digest,
                     history_scope: join.history_scope.clone(),
                     run: join.run.clone(),
+                    fail_fast: join.fail_fast,
                 };
                 let session = Session::new(
                     join.session_key.clone(),

@@ -26,6 +26,8 @@ pub struct SessionRow {
     pub history_scope: String,
     /// The CI run it belongs to (see [`schemas::Join::run`]).
     pub run: Option<String>,
+    /// Whether it stops at its first failing task (see [`schemas::Join::fail_fast`]).
+    pub fail_fast: bool,
 }
 
 /// A client that joined a session.
@@ -185,6 +187,7 @@ mod tests {
             schema,
             history_scope: "s".into(),
             run: None,
+            fail_fast: false,
         }
     }
 

@@ -20,6 +20,8 @@ use super::*;
 const CLIENTS: u8 = 4;
 const TASKS: usize = 12;
 const SESSIONS: [&str; 2] = ["a", "b"];
+/// The session that stops at its first failing task (Bazel's `--notest_keep_going`).
+const FAIL_FAST: usize = 1;
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -219,6 +221,7 @@ impl Model {
                             let join = Join {
                                 resume,
                                 running: slot.claims(),
+                                fail_fast: session == FAIL_FAST,
                                 ..Join::new(
                                     SESSIONS[session].into(),
                                     &self.schemas[session],
@@ -284,6 +287,7 @@ impl Model {
         let join = Join {
             resume,
             running: self.slots[index as usize].claims(),
+            fail_fast: session == FAIL_FAST,
             ..Join::new(
                 SESSIONS[session].into(),
                 &self.schemas[session],
@@ -326,6 +330,7 @@ impl Model {
                 let conn = self.connect(index, session);
                 let join = Join {
                     resume: Some(ticket),
+                    fail_fast: session == FAIL_FAST,
                     ..Join::new(
                         SESSIONS[session].into(),
                         &self.schemas[session],
@@ -492,6 +497,10 @@ impl Model {
             };
             for (task, client) in session.records().into_iter().enumerate() {
                 let Some(client) = client else { continue };
+                // Not run: the session stopped at a failure (checked with the final report).
+                if client.is_empty() && index == FAIL_FAST {
+                    continue;
+                }
                 let assigned = self.assigned_to.get(&(index, task as TaskId));
                 assert!(
                     assigned.is_some_and(|a| a.contains(&client)),
@@ -607,8 +616,20 @@ proptest! {
             // ...with one record per task, in order...
             let tasks: Vec<TaskId> = first.records.iter().map(|r| r.task).collect();
             prop_assert_eq!(tasks, (0..TASKS as TaskId).collect::<Vec<_>>());
-            // ...each produced by a client the task was actually assigned to.
-            for record in &first.records {
+            // ...each produced by a client the task was actually assigned to, but where a
+            // session that stops at its first failure did: the tasks left then were not run.
+            let stopped = |r: &TaskRecord| r.client.is_empty();
+            if first.records.iter().any(stopped) {
+                prop_assert_eq!(session, FAIL_FAST);
+                prop_assert!(first.records.iter().any(|r| r.result.outcome == Outcome::Failed));
+                let not_run = first
+                    .records
+                    .iter()
+                    .filter(|r| stopped(r))
+                    .all(|r| r.result.outcome == Outcome::NoStatus && !r.result.executed);
+                prop_assert!(not_run, "a task not run has a verdict");
+            }
+            for record in first.records.iter().filter(|r| !stopped(r)) {
                 let assigned = model.assigned_to.get(&(session, record.task));
                 prop_assert!(
                     assigned.is_some_and(|a| a.contains(&record.client)),

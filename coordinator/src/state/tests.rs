@@ -1124,3 +1124,65 @@ fn priors_spread_the_heaviest_tasks_of_a_cold_session_over_the_jobs() {
 mod logs;
 mod runs;
 mod view;
+
+impl World {
+    /// Like [`World::join`], for a session that stops at its first failure.
+    fn join_fail_fast(&mut self, conn: u64, key: &str, schema: &Schema) -> Vec<Action> {
+        self.hello_with(conn, None, PROTOCOL_VERSION);
+        self.send(
+            conn,
+            ClientMessage::Join(Join {
+                fail_fast: true,
+                ..Join::new(key.into(), schema, format!("scope:{}", schema.name), true)
+            }),
+        )
+    }
+}
+
+/// Issue 11: with Bazel's `--notest_keep_going` the first failing task stops the whole session:
+/// every job is sent the same final report at once (which stops its batch), the tasks nobody
+/// finished are NO STATUS, run by no one, and later results change nothing.
+#[test]
+fn a_session_that_stops_at_its_first_failure_completes_when_a_task_fails() {
+    let schema = schema("s", 6);
+    let mut world = World::new(Policy::default());
+    world.join_fail_fast(1, "k", &schema);
+    world.join_fail_fast(2, "k", &schema);
+    let first = assignment(&world.request(1, 2), 1).unwrap();
+    let second = assignment(&world.request(2, 2), 2).unwrap();
+    world.report(1, passed(&first[..1]));
+    let failing = TaskReport {
+        task: second[0],
+        result: result(Outcome::Failed),
+    };
+    let actions = world.report(2, vec![failing]);
+    let to_1 = complete_report(&actions, 1).expect("job 1 is told at once");
+    let to_2 = complete_report(&actions, 2).expect("job 2 too");
+    assert_eq!(to_1, to_2);
+    let outcomes: Vec<(Outcome, &str)> = to_1
+        .records
+        .iter()
+        .map(|r| (r.result.outcome, r.client.as_str()))
+        .collect();
+    let mut want = vec![(Outcome::NoStatus, ""); 6];
+    want[first[0] as usize] = (Outcome::Passed, "job-1");
+    want[second[0] as usize] = (Outcome::Failed, "job-2");
+    assert_eq!(outcomes, want);
+    assert!(to_1
+        .records
+        .iter()
+        .all(|r| r.result.outcome != Outcome::NoStatus
+            || (!r.result.executed && r.result.exit_code.is_none())));
+    // A result that arrives after the stop changes nothing.
+    assert!(world.report(1, passed(&first[1..])).is_empty());
+
+    // Without it, a failure is one result among others.
+    let mut world = World::new(Policy::default());
+    world.join(1, "k", &schema);
+    let batch = assignment(&world.request(1, 2), 1).unwrap();
+    let failing = TaskReport {
+        task: batch[0],
+        result: result(Outcome::Failed),
+    };
+    assert!(complete_report(&world.report(1, vec![failing]), 1).is_none());
+}

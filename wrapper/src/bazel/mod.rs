@@ -214,6 +214,8 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     };
     let session = SessionOptions {
         max_batch: MAX_BATCH,
+        // `--notest_keep_going`: the first failing test stops every job, as it stops Bazel.
+        fail_fast: plan.fail_fast,
         interrupt: interrupt_on_signals(),
         reconnect_for: connect.reconnect_for,
         // The jobs of this run meant to share this command's work, however their keys differ.
@@ -417,6 +419,17 @@ fn finish(schema: &Schema, report: &SessionReport, testing: bool, warnings: &Run
     print!("{}", summary::render(schema, report));
     for warning in warnings.at_end() {
         eprintln!("{warning}");
+    }
+    let not_run = report
+        .records
+        .iter()
+        .filter(|r| r.client.is_empty())
+        .count();
+    if not_run > 0 {
+        eprintln!(
+            "task-sharding: a test failed and --notest_keep_going is in effect: every job \
+             stopped, and {not_run} target(s) were not run"
+        );
     }
     let junit = std::env::var_os("TASK_SHARDING_JUNIT").filter(|v| !v.is_empty());
     crate::junit::write_if_asked(junit.as_deref().map(std::path::Path::new), schema, report);

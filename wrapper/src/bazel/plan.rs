@@ -42,6 +42,9 @@ pub struct Plan {
     pub options: Vec<String>,
     /// The target patterns Bazel expanded, in order, negative ones starting with `-`.
     pub patterns: Vec<String>,
+    /// `--notest_keep_going` is in effect (from the command line or a bazelrc) for a
+    /// `bazel test`: the first failing test stops the whole session.
+    pub fail_fast: bool,
 }
 
 /// Runs the planning invocation; `Err` carries the reason the plan could not be made (the
@@ -142,10 +145,10 @@ pub fn parse(
                     .collect()
             };
             // The options in effect, bazelrc's included.
-            build_tests_only = strings("cmdLine")
-                .iter()
-                .rfind(|o| o.ends_with("build_tests_only"))
-                .is_some_and(|o| o == "--build_tests_only");
+            let effective = strings("cmdLine");
+            build_tests_only = boolean_option(&effective, "build_tests_only").unwrap_or(false);
+            plan.fail_fast =
+                testing && boolean_option(&effective, "test_keep_going") == Some(false);
             explicit = Some(strings("explicitCmdLine"));
         }
         if let Some(patterns) = id["pattern"]["pattern"].as_array() {
@@ -194,6 +197,25 @@ pub fn parse(
         .map(str::to_string)
         .collect();
     Ok(plan)
+}
+
+/// The last value given to the boolean option `name` in `options` (`--name`, `--noname`,
+/// `--name=false`, ...), if any.
+fn boolean_option(options: &[String], name: &str) -> Option<bool> {
+    options.iter().rev().find_map(|option| {
+        let option = option.strip_prefix("--")?;
+        if option == name {
+            return Some(true);
+        }
+        if option.strip_prefix("no") == Some(name) {
+            return Some(false);
+        }
+        match option.strip_prefix(name)?.strip_prefix('=')? {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => None,
+        }
+    })
 }
 
 /// A test size's weight: roughly the square root of the ratio of its default timeouts (60 s,
@@ -280,6 +302,15 @@ mod tests {
         // `--build_tests_only` from any bazelrc counts: the effective command line says.
         let only_tests = header(r#""--nobuild_tests_only","--build_tests_only""#) + targets;
         assert!(synthetic(&only_tests, "", "test").builds.is_empty());
+        // Likewise `--notest_keep_going`, the last word winning; only `bazel test` runs tests.
+        assert!(!synthetic(&events, "", "test").fail_fast);
+        let fail_fast = header(r#""--test_keep_going","--notest_keep_going""#) + targets;
+        assert!(synthetic(&fail_fast, "", "test").fail_fast);
+        assert!(!synthetic(&fail_fast, "", "build").fail_fast);
+        let keep_going = header(r#""--notest_keep_going","--test_keep_going=1""#) + targets;
+        assert!(!synthetic(&keep_going, "", "test").fail_fast);
+        let spelled = header(r#""--test_keep_going=false""#) + targets;
+        assert!(synthetic(&spelled, "", "test").fail_fast);
         // `bazel build` builds every rule, test rules too, and runs nothing.
         let build = synthetic(&events, "", "build");
         assert!(build.tests.is_empty());

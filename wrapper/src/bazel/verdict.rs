@@ -28,10 +28,18 @@ pub fn exit_code(report: &SessionReport, testing: bool) -> i32 {
     if outcomes().any(|o| o == Outcome::FailedToBuild) {
         return code::BUILD_FAILURE;
     }
+    let failed_test = outcomes().any(|o| matches!(o, Outcome::Failed | Outcome::TimedOut));
+    // A target left without a verdict by a Bazel says why in its exit code. Beside a failed
+    // test, one without an exit code was never started (the session stopped at its first
+    // failing test: `--notest_keep_going`), and one whose Bazel exited 3 was stopped by that
+    // Bazel at a failing test; as in Bazel, that is a test failure, not a build failure.
+    let stopped = |r: &&schemas::TaskRecord| {
+        failed_test && matches!(r.result.exit_code, None | Some(code::TESTS_FAILED))
+    };
     if let Some(record) = report
         .records
         .iter()
-        .find(|r| r.result.outcome == Outcome::NoStatus)
+        .find(|r| r.result.outcome == Outcome::NoStatus && !stopped(r))
     {
         // The Bazel that left it without a verdict said why (bad flag: 2, interrupted: 8, ...).
         return match record.result.exit_code {
@@ -39,7 +47,7 @@ pub fn exit_code(report: &SessionReport, testing: bool) -> i32 {
             _ => code::BUILD_FAILURE,
         };
     }
-    if outcomes().any(|o| matches!(o, Outcome::Failed | Outcome::TimedOut)) {
+    if failed_test {
         return code::TESTS_FAILED;
     }
     if testing && outcomes().all(|o| matches!(o, Outcome::Skipped | Outcome::Built)) {
@@ -104,6 +112,14 @@ mod tests {
             (&[(NoStatus, Some(8)), (Failed, Some(3))], 8),
             (&[(NoStatus, Some(3))], 1),
             (&[(NoStatus, None)], 1),
+            // Stopped at the first failing test (`--notest_keep_going`): Bazel exits 3.
+            (&[(Failed, Some(3)), (NoStatus, None), (Passed, None)], 3),
+            (
+                &[(Failed, Some(3)), (NoStatus, None), (NoStatus, Some(1))],
+                1,
+            ),
+            // A batch Bazel itself stopped at a failing test leaves the rest NO STATUS, exit 3.
+            (&[(Failed, None), (NoStatus, Some(3))], 3),
         ];
         for (outcomes, want) in cases {
             assert_eq!(exit_code(&report(outcomes), true), *want, "{outcomes:?}");

@@ -105,6 +105,8 @@ pub struct Config {
     pub history_scope: String,
     /// The CI run this job belongs to (see [`Join::run`]).
     pub run: Option<String>,
+    /// Whether the session stops at its first failing task (see [`Join::fail_fast`]).
+    pub fail_fast: bool,
     /// The tasks.
     pub schema: Schema,
     /// The most tasks to take per assignment.
@@ -298,6 +300,7 @@ impl Machine {
             resume: self.ticket,
             running,
             run: self.config.run.clone(),
+            fail_fast: self.config.fail_fast,
             ..Join::new(
                 self.config.session_key.clone(),
                 &self.config.schema,

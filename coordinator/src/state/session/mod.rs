@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemas::{
-    Assignment, Joined, Progress, Schema, SchemaDigest, ServerMessage, SessionReport, TaskId,
-    TaskRecord, TaskReport, TaskResult, Ticket,
+    Assignment, Joined, Outcome, Progress, Schema, SchemaDigest, ServerMessage, SessionReport,
+    TaskId, TaskRecord, TaskReport, TaskResult, Ticket,
 };
 
 use super::history::Estimates;
@@ -111,6 +111,8 @@ pub(crate) struct Session {
     /// The CI run its creator named ([`schemas::Join::run`]): the coordinator counts a run's
     /// sessions, so that jobs of one run that split into several are told.
     run: Option<String>,
+    /// Whether the session stops at its first failing task (see [`schemas::Join::fail_fast`]).
+    fail_fast: bool,
     /// How to schedule.
     scheduling: Scheduling,
     /// Each task's duration from its history, in milliseconds; `None` where unknown.
@@ -210,6 +212,7 @@ impl Session {
             digest,
             history_scope,
             run,
+            fail_fast,
         } = row;
         let count = schema.tasks.len();
         let weights: Vec<u32> = schema.tasks.iter().map(|t| t.weight_or_one()).collect();
@@ -230,6 +233,7 @@ impl Session {
             digest,
             history_scope,
             run,
+            fail_fast,
             scheduling,
             queued: (
                 known.iter().flatten().sum(),

@@ -30,6 +30,7 @@ impl Session {
             .retain(|t| !reports.iter().any(|r| r.task == *t));
         let client_id = member.client_id.clone();
         let mut actions = Vec::new();
+        let mut failed = false;
         for TaskReport { task, result } in reports {
             let index = task as usize;
             // The other copies still running, to abort.
@@ -70,6 +71,7 @@ impl Session {
                 .results
                 .entry(result.outcome.label())
                 .or_default() += 1;
+            failed |= matches!(result.outcome, Outcome::Failed | Outcome::TimedOut);
             history.note(&self.history_scope, &self.schema.tasks[index].task, &result);
             self.slots[index] = Slot::Done(TaskRecord {
                 task,
@@ -94,11 +96,45 @@ impl Session {
                 }
             }
         }
+        if failed && self.fail_fast && self.remaining > 0 {
+            self.stop_unfinished(&client_id);
+        }
         if self.remaining == 0 && !self.is_complete() {
             self.complete(run_sessions, now);
             actions.extend(self.broadcast_report());
         }
         Ok(actions)
+    }
+
+    /// A task failed in a session that stops at the first failure (Bazel's
+    /// `--notest_keep_going`): every task without a result is recorded as not run — NO STATUS,
+    /// as Bazel reports the tests it did not get to, with no exit code and no client — so that
+    /// the session completes now and every job, told so, stops its batch and reports the same.
+    fn stop_unfinished(&mut self, failed_on: &str) {
+        tracing::info!(session = %self.key, client = %failed_on, left = self.remaining,
+            "a task failed and the session stops at the first failure: the rest is not run");
+        for index in 0..self.slots.len() {
+            if matches!(self.slots[index], Slot::Done(_)) {
+                continue;
+            }
+            if matches!(self.slots[index], Slot::Queued) {
+                self.add_queued(index as TaskId, -1);
+            }
+            self.slots[index] = Slot::Done(TaskRecord {
+                task: index as TaskId,
+                result: TaskResult {
+                    outcome: Outcome::NoStatus,
+                    exit_code: None,
+                    duration_ms: 0,
+                    executed: false,
+                    log_tail: None,
+                },
+                client: String::new(),
+            });
+            self.touch(index as TaskId);
+        }
+        self.queue.clear();
+        self.remaining = 0;
     }
 
     /// `result` with its log tail cut to what one result may carry and what is left of the

@@ -110,6 +110,7 @@ impl Session {
                     digest: self.digest,
                     history_scope: self.history_scope.clone(),
                     run: self.run.clone(),
+                    fail_fast: self.fail_fast,
                 },
             );
         }

@@ -17,6 +17,7 @@ fn config() -> Config {
         session_key: "key".into(),
         history_scope: "scope".into(),
         run: Some("bazel/r/test".into()),
+        fail_fast: false,
         schema: Schema::new("s", ["a", "b", "c"]).unwrap(),
         max_batch: 2,
         reconnect_for: RECONNECT_FOR,
