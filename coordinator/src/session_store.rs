@@ -167,6 +167,7 @@ mod tests {
                         duration_ms: 5,
                         executed: true,
                         log_tail: None,
+                        build_ms: 0,
                     },
                     client: "job-1".into(),
                 }),

@@ -114,6 +114,7 @@ fn passed(tasks: &[schemas::TaskId], duration_ms: u64, executed: bool) -> Vec<Ta
                 duration_ms,
                 executed,
                 log_tail: None,
+                build_ms: 0,
             },
         })
         .collect()

@@ -71,6 +71,7 @@ impl TaskRunner for SleepRunner {
                     duration_ms: duration.as_millis() as u64,
                     executed: true,
                     log_tail: None,
+                    build_ms: 0,
                 },
             });
         }

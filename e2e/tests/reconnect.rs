@@ -50,6 +50,7 @@ impl TaskRunner for RestartingRunner {
                     duration_ms: 1,
                     executed: true,
                     log_tail: None,
+                    build_ms: 0,
                 },
             })
             .collect()

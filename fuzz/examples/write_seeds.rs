@@ -30,6 +30,7 @@ fn main() -> std::io::Result<()> {
         duration_ms: 1234,
         executed: true,
         log_tail: None,
+        build_ms: 0,
     };
     let hello = ClientMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -67,6 +68,7 @@ fn main() -> std::io::Result<()> {
                 duration_ms: 300_000,
                 executed: false,
                 log_tail: None,
+                build_ms: 0,
             },
         },
     ]);

@@ -203,6 +203,25 @@ pub struct TaskResult {
     /// [`crate::log_tail::MAX_LOG_TAIL_LINES`] lines and [`crate::log_tail::MAX_LOG_TAIL_BYTES`],
     /// so that every job can show why it failed. Added in protocol version 3.
     pub log_tail: Option<String>,
+    /// What this client spent building what the task needed (compiling, linking: the build
+    /// actions that were not cache hits), in milliseconds, as well as it can tell; 0 when
+    /// unknown or nothing was built. Beside `duration_ms` (the test's own time, as Bazel shows
+    /// it), this is what running the task costs, and what the coordinator learns from, so that
+    /// compile-heavy targets are not taken for cheap ones. Added in protocol version 5.
+    pub build_ms: u64,
+}
+
+impl TaskResult {
+    /// What running the task cost this client, in milliseconds, when it says anything about
+    /// what the task costs: its own time if it executed, plus what was built for it (a cache
+    /// hit that built nothing says nothing).
+    pub fn cost_ms(&self) -> Option<u64> {
+        match (self.executed, self.build_ms) {
+            (true, build) => Some(self.duration_ms + build),
+            (false, 0) => None,
+            (false, build) => Some(build),
+        }
+    }
 }
 
 /// A task's verdict. The variants past `Failed` are Bazel's; the generic runner uses the first two.
@@ -445,6 +464,7 @@ mod tests {
             duration_ms: 1234,
             executed: true,
             log_tail: Some("assertion failed\n".into()),
+            build_ms: 0,
         };
         let client = [
             hello(PROTOCOL_VERSION),

@@ -43,6 +43,7 @@ impl TaskRunner for LetterCounter {
                     duration_ms: started.elapsed().as_millis() as u64,
                     executed: true,
                     log_tail: None,
+                    build_ms: 0,
                 },
             });
         }

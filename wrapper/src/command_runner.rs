@@ -120,6 +120,7 @@ fn result(outcome: Outcome, exit_code: Option<i32>, started: Instant) -> TaskRes
         duration_ms: started.elapsed().as_millis() as u64,
         executed: true,
         log_tail: None,
+        build_ms: 0,
     }
 }
 

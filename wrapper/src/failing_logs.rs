@@ -96,6 +96,7 @@ mod tests {
                 duration_ms: 0,
                 executed: true,
                 log_tail: log_tail.map(str::to_string),
+                build_ms: 0,
             },
             client: "job-2".into(),
         };

@@ -152,6 +152,7 @@ mod tests {
                 duration_ms: 1500,
                 executed: true,
                 log_tail: None,
+                build_ms: 0,
             },
             client: client.to_string(),
         }

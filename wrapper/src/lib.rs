@@ -44,6 +44,7 @@
 //!                     duration_ms: started.elapsed().as_millis() as u64,
 //!                     executed: true,
 //!                     log_tail: None,
+//!                     build_ms: 0,
 //!                 },
 //!             });
 //!         }

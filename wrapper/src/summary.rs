@@ -205,6 +205,7 @@ mod tests {
                 duration_ms: 1500,
                 executed: true,
                 log_tail: None,
+                build_ms: 0,
             },
             client: client.into(),
         };
@@ -241,6 +242,7 @@ mod tests {
                     duration_ms: 0,
                     executed: true,
                     log_tail: None,
+                    build_ms: 0,
                 },
                 client: forged.into(),
             }],
@@ -270,6 +272,7 @@ mod tests {
                 duration_ms: 0,
                 executed: false,
                 log_tail: None,
+                build_ms: 0,
             },
             client: "a".into(),
         };
@@ -302,6 +305,7 @@ mod tests {
                 duration_ms: 100,
                 executed: true,
                 log_tail: None,
+                build_ms: 0,
             },
             client: client.into(),
         }

@@ -264,6 +264,7 @@ mod tests {
             duration_ms,
             executed,
             log_tail: None,
+            build_ms: 0,
         };
         for (task, outcome, ms) in [
             ("steady", Outcome::Passed, 100),

@@ -581,6 +581,7 @@ fn report(task: TaskId, outcome: Outcome, executed: bool) -> TaskReport {
             duration_ms: 100 + u64::from(task) * 50,
             executed,
             log_tail: None,
+            build_ms: 0,
         },
     }
 }

@@ -22,6 +22,7 @@ fn result(outcome: Outcome) -> TaskResult {
         duration_ms: 10,
         executed: true,
         log_tail: None,
+        build_ms: 0,
     }
 }
 
@@ -496,6 +497,7 @@ fn report_of(task: TaskId, ms: u64, executed: bool) -> TaskReport {
             duration_ms: ms,
             executed,
             log_tail: None,
+            build_ms: 0,
         },
     }
 }

@@ -127,6 +127,7 @@ pub fn all_passed(tasks: impl IntoIterator<Item = schemas::TaskId>) -> Vec<schem
                 duration_ms: 1,
                 executed: true,
                 log_tail: None,
+                build_ms: 0,
             },
         })
         .collect()

@@ -178,6 +178,7 @@ impl BatchEvents {
             duration_ms,
             executed: target.executed,
             log_tail: None,
+            build_ms: 0,
         })
     }
 }

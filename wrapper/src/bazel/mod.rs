@@ -211,6 +211,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         events_dir: events.path().to_path_buf(),
         batches: 0,
         overhead: runner::INITIAL_OVERHEAD,
+        measured: false,
     };
     let session = SessionOptions {
         max_batch: MAX_BATCH,

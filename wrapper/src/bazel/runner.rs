@@ -2,6 +2,7 @@
 //! its build events.
 
 mod batch_stderr;
+mod build_time;
 mod event_tail;
 
 use std::collections::BTreeSet;
@@ -18,6 +19,7 @@ use super::verdict::code;
 use super::WRAPPED_MARKER;
 use crate::command_runner::terminate;
 use crate::runner::{AssignedTask, Batch, TaskRunner};
+use build_time::BuildTime;
 use event_tail::EventTail;
 
 /// How long an aborted Bazel gets to stop after SIGINT (which it handles by cancelling the build
@@ -49,8 +51,11 @@ pub struct BazelRunner {
     pub events_dir: PathBuf,
     /// Batches run so far, to name their event files.
     pub batches: u32,
-    /// What one Bazel invocation costs beyond its tests, as measured on earlier batches.
+    /// What one Bazel invocation costs beyond its tests and what it builds: the least
+    /// measured on earlier batches (see [`build_time`]).
     pub overhead: Duration,
+    /// Whether `overhead` was measured yet (else it is [`INITIAL_OVERHEAD`]).
+    pub measured: bool,
 }
 
 /// How often a running batch's event file is read for results to report.
@@ -94,7 +99,7 @@ impl TaskRunner for BazelRunner {
             }
         };
         let stderr = batch_stderr::Forwarder::start(&mut child);
-        let mut stream = Stream::new(&events_file);
+        let mut stream = Stream::new(&events_file, started, self.overhead);
         let mut tick = tokio::time::interval(STREAM_EVERY);
         let status = loop {
             tokio::select! {
@@ -124,6 +129,7 @@ impl TaskRunner for BazelRunner {
         let events = BatchEvents::parse(&events_text);
         let mut reports: Vec<TaskReport> = tasks
             .iter()
+            .filter(|task| !stream.reported.contains(&task.id))
             .map(|task| {
                 let build_task = self.builds.contains(&task.text);
                 let result = match events.result(&task.text) {
@@ -142,6 +148,7 @@ impl TaskRunner for BazelRunner {
                         duration_ms: 0,
                         executed: false,
                         log_tail: None,
+                        build_ms: 0,
                     },
                     None => return no_verdict_for(task, exit, started),
                 };
@@ -153,17 +160,25 @@ impl TaskRunner for BazelRunner {
             .collect();
         let labels = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
         super::test_log::attach_failing_logs(&mut reports, &labels, &events_text);
-        // The overhead is the batch's wall time when no test was running (tests may run one at a
-        // time or in parallel; the events say when each ran).
-        let testing = events.testing_ms().unwrap_or_else(|| {
-            reports
-                .iter()
-                .map(|r| r.result.duration_ms)
-                .max()
-                .unwrap_or(0)
-        });
-        let measured = (started.elapsed().as_millis() as u64).saturating_sub(testing);
-        self.overhead = (self.overhead + Duration::from_millis(measured)) / 2;
+        // What the targets that reached a verdict at the end cost to build, and what was left:
+        // the invocation's own cost. The cheapest batch so far says best what an empty
+        // invocation costs (a compile-heavy batch's building is its targets' cost, not overhead).
+        let idle = stream.idle_ms(&events);
+        let built: Vec<&mut TaskReport> = reports
+            .iter_mut()
+            .filter(|r| had_verdict(r.result.outcome))
+            .collect();
+        let each = stream.build.share(idle, built.len());
+        for report in built {
+            report.result.build_ms = each;
+        }
+        let fixed = Duration::from_millis(stream.build.fixed_ms(idle));
+        self.overhead = if self.measured {
+            self.overhead.min(fixed)
+        } else {
+            fixed
+        };
+        self.measured = true;
         reports
     }
 
@@ -172,20 +187,30 @@ impl TaskRunner for BazelRunner {
     }
 }
 
-/// A running batch's results, reported one by one as the build events settle them.
+/// A running batch's results, reported one by one as the build events settle them, each with
+/// what it cost to build.
 struct Stream {
     tail: EventTail,
     events: BatchEvents,
     reported: BTreeSet<u32>,
+    started: Instant,
+    build: BuildTime,
 }
 
 impl Stream {
-    fn new(events_file: &std::path::Path) -> Stream {
+    fn new(events_file: &std::path::Path, started: Instant, overhead: Duration) -> Stream {
         Stream {
             tail: EventTail::new(events_file),
             events: BatchEvents::default(),
             reported: BTreeSet::new(),
+            started,
+            build: BuildTime::new(overhead.as_millis() as u64),
         }
+    }
+
+    /// How long the batch has gone without a test running, as far as `events` say.
+    fn idle_ms(&self, events: &BatchEvents) -> u64 {
+        (self.started.elapsed().as_millis() as u64).saturating_sub(events.testing_ms().unwrap_or(0))
     }
 
     /// Reads what Bazel has written since the last call and reports each task whose result it
@@ -198,26 +223,36 @@ impl Stream {
         for line in &lines {
             self.events.add_line(line);
         }
-        for task in tasks {
-            if self.reported.contains(&task.id) {
-                continue;
-            }
-            let Some(result) = self.events.settled(&task.text, builds.contains(&task.text)) else {
-                continue;
-            };
-            let mut report = [TaskReport {
-                task: task.id,
-                result,
-            }];
-            if !report[0].result.outcome.is_success() {
-                let labels = [(task.id, task.text.as_str())].into();
-                super::test_log::attach_failing_logs(&mut report, &labels, self.tail.text());
-            }
-            self.reported.insert(task.id);
-            let [report] = report;
+        let mut settled: Vec<TaskReport> = tasks
+            .iter()
+            .filter(|task| !self.reported.contains(&task.id))
+            .filter_map(|task| {
+                let result = self
+                    .events
+                    .settled(&task.text, builds.contains(&task.text))?;
+                Some(TaskReport {
+                    task: task.id,
+                    result,
+                })
+            })
+            .collect();
+        if settled.is_empty() {
+            return;
+        }
+        let each = self.build.share(self.idle_ms(&self.events), settled.len());
+        let labels = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
+        super::test_log::attach_failing_logs(&mut settled, &labels, self.tail.text());
+        for mut report in settled {
+            report.result.build_ms = each;
+            self.reported.insert(report.task);
             batch.finished(report);
         }
     }
+}
+
+/// Whether a target's outcome means Bazel got as far as building it (its cost is known).
+fn had_verdict(outcome: Outcome) -> bool {
+    !matches!(outcome, Outcome::NoStatus | Outcome::Skipped)
 }
 
 /// A test that built but has no test result was left out by a filter only when the build
@@ -284,6 +319,7 @@ fn no_verdict_for(task: &AssignedTask, exit: i32, started: Instant) -> TaskRepor
             duration_ms: started.elapsed().as_millis() as u64,
             executed: false,
             log_tail: None,
+            build_ms: 0,
         },
     }
 }
@@ -322,6 +358,7 @@ mod tests {
             duration_ms: 100,
             executed: true,
             log_tail: None,
+            build_ms: 0,
         };
         let codes = [
             (Outcome::Failed, code::TESTS_FAILED, None),
@@ -360,6 +397,7 @@ mod tests {
             events_dir: "/tmp/e".into(),
             batches: 0,
             overhead: INITIAL_OVERHEAD,
+            measured: false,
         };
         assert_eq!(
             runner.command_line(

@@ -169,6 +169,7 @@ mod tests {
                 duration_ms: 1,
                 executed: true,
                 log_tail: None,
+                build_ms: 0,
             },
         };
         let mut reports = [report(0, Outcome::Failed), report(1, Outcome::Passed)];

@@ -75,6 +75,7 @@ mod tests {
                         duration_ms: 0,
                         executed: true,
                         log_tail: None,
+                        build_ms: 0,
                     },
                     client: "j".into(),
                 })

@@ -59,12 +59,13 @@ impl Session {
             };
             tracing::debug!(session = %self.key, task, outcome = ?result.outcome, "result");
             let result = self.bound_log(result);
-            if result.executed {
+            // What it cost (its test and what was built for it) is what the next run expects.
+            if let Some(cost) = result.cost_ms() {
                 let text = &self.schema.tasks[index].task;
-                history.record(&self.history_scope, text, result.duration_ms);
-                self.observed.0 += result.duration_ms;
+                history.record(&self.history_scope, text, cost);
+                self.observed.0 += cost;
                 self.observed.1 += self.weight(index);
-                self.longest_seen = self.longest_seen.max(result.duration_ms);
+                self.longest_seen = self.longest_seen.max(cost);
             }
             *self
                 .counts
@@ -128,6 +129,7 @@ impl Session {
                     duration_ms: 0,
                     executed: false,
                     log_tail: None,
+                    build_ms: 0,
                 },
                 client: String::new(),
             });

@@ -140,9 +140,9 @@ impl Session {
         let (mut total, mut longest) = (0u64, 0u64);
         for slot in &self.slots {
             if let Slot::Done(record) = slot {
-                if record.result.executed {
-                    total += record.result.duration_ms;
-                    longest = longest.max(record.result.duration_ms);
+                if let Some(cost) = record.result.cost_ms() {
+                    total += cost;
+                    longest = longest.max(cost);
                 }
             }
         }

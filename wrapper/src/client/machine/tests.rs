@@ -64,6 +64,7 @@ fn report(task: TaskId) -> TaskReport {
             duration_ms: 5,
             executed: true,
             log_tail: None,
+            build_ms: 0,
         },
     }
 }
