@@ -116,7 +116,12 @@ impl Default for SessionShares {
 
 /// The bytes of schema text a schema makes the coordinator hold.
 fn schema_bytes(schema: &schemas::Schema) -> usize {
-    schema.name.len() + schema.tasks.iter().map(|t| t.task.len()).sum::<usize>()
+    schema.name.len()
+        + schema
+            .tasks
+            .iter()
+            .map(|t| t.task.len() + t.group.as_ref().map_or(0, String::len))
+            .sum::<usize>()
 }
 
 impl Hub {
@@ -180,6 +185,15 @@ impl Hub {
             if let (true, Some(&address)) = (created, inner.addresses.get(&conn)) {
                 inner.created_by.insert(key, (address, bytes));
             }
+        }
+        if self.store.is_some() && actions.iter().any(completes) {
+            // A session's final report is stored before any job sees it: a coordinator killed
+            // just after could otherwise make another one from the results re-sent to it (in
+            // another order: a session that stops at its first failure would keep other
+            // results), and later jobs would be told another verdict than the first ones.
+            drop(inner);
+            self.persist();
+            inner = self.lock();
         }
         inner.apply(actions);
     }
@@ -394,6 +408,11 @@ impl Inner {
 }
 
 /// Refuses `conn` for load: `Busy`, then close.
+/// Whether `action` tells a client its session is complete.
+fn completes(action: &Action) -> bool {
+    matches!(action, Action::Send(_, message) if matches!(&**message, ServerMessage::Complete { .. }))
+}
+
 fn busy(conn: ConnId, message: String) -> Vec<Action> {
     vec![
         Action::Send(
@@ -415,5 +434,78 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::persist::SlotState;
+    use crate::state::Policy;
+    use schemas::{
+        ClientInfo, Hello, Join, Outcome, Schema, TaskReport, TaskResult, WorkRequest,
+        PROTOCOL_VERSION,
+    };
+
+    /// Regression (issue 11, found by the property test): a session that stops at its first
+    /// failure completed and told its jobs so, the coordinator was killed before its periodic
+    /// write, and from the results re-sent in another order it made a different final report
+    /// for the jobs that came later. A final report is now stored before it is sent.
+    #[test]
+    fn regression_a_final_report_is_stored_before_any_job_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.redb");
+        let hub = Hub::new(
+            Coordinator::new(Policy::default()),
+            Some(SessionStore::open(&path).unwrap()),
+            None,
+            1 << 20,
+            SessionShares::default(),
+        );
+        let (conn, mut outbox) = hub.register("127.0.0.1".parse().unwrap());
+        let send = |message| hub.handle(conn, message);
+        send(ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: "job-1".into(),
+            token: None,
+            info: ClientInfo::default(),
+        }));
+        let schema = Schema::new("s", ["a", "b", "c"]).unwrap();
+        send(ClientMessage::Join(Join {
+            fail_fast: true,
+            ..Join::new("k".into(), &schema, "scope".into(), true)
+        }));
+        send(ClientMessage::Request(WorkRequest {
+            max_tasks: 1,
+            overhead_ms: 0,
+        }));
+        send(ClientMessage::Results(vec![TaskReport {
+            task: 0,
+            result: TaskResult {
+                outcome: Outcome::Failed,
+                exit_code: Some(1),
+                duration_ms: 1,
+                executed: true,
+                log_tail: None,
+                build_ms: 0,
+            },
+        }]));
+        // The final report went out...
+        let mut frames = 0;
+        while let Ok(Outgoing::Frame { .. }) = outbox.try_recv() {
+            frames += 1;
+        }
+        assert_eq!(
+            frames, 4,
+            "welcome, joined, assignment and the final report"
+        );
+        // ...and is on disk, with no periodic write having run: every task has its result.
+        drop(hub);
+        let stored = SessionStore::open(&path).unwrap().load().unwrap();
+        let slots = &stored.sessions[0].slots;
+        assert_eq!(slots.len(), 3);
+        assert!(slots
+            .values()
+            .all(|row| matches!(row.state, SlotState::Done(_))));
     }
 }

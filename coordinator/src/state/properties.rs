@@ -170,8 +170,15 @@ impl Model {
         self.slots.iter().position(|s| s.conn == Some(conn))
     }
 
-    /// Carries out the coordinator's actions on the model.
+    /// Carries out the coordinator's actions on the model. A final report is stored before it
+    /// is sent, as the hub does.
     fn apply(&mut self, actions: Vec<Action>) {
+        let completes = actions.iter().any(|action| {
+            matches!(action, Action::Send(_, m) if matches!(**m, ServerMessage::Complete { .. }))
+        });
+        if completes {
+            self.flush();
+        }
         let mut closed = Vec::new();
         for action in actions {
             match action {
