@@ -60,6 +60,11 @@ pub struct Task {
     /// some, always wins. At most [`MAX_WEIGHT`].
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Tasks of one group share much of what they need (a Bazel package's targets, its
+    /// libraries): the coordinator prefers giving a job tasks of groups it already has, so
+    /// that less is built twice. Any text, checked like a task's.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// The largest weight a task may have: enough for any prior, small enough that weighted sums
@@ -72,6 +77,7 @@ impl Task {
         Task {
             task: text.into(),
             weight: None,
+            group: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl Task {
         Task {
             task: text.into(),
             weight: Some(weight),
+            group: None,
         }
     }
 
@@ -132,6 +139,8 @@ impl Schema {
             task: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             weight: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            group: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct YamlSchema<'a> {
@@ -146,6 +155,7 @@ impl Schema {
                 .map(|t| YamlTask {
                     task: &t.task,
                     weight: t.weight,
+                    group: t.group.as_deref(),
                 })
                 .collect(),
         };
@@ -183,6 +193,16 @@ impl Schema {
                     task.task
                 )));
             }
+            if let Some(group) = &task.group {
+                check_task_text(group).map_err(|why| {
+                    SchemaError::Invalid(format!(
+                        "task #{} ({:?}): its group {group:?}: {}",
+                        index + 1,
+                        task.task,
+                        why.replace("task text", "group")
+                    ))
+                })?;
+            }
             if let Some(first) = seen.insert(&task.task, index) {
                 return Err(SchemaError::Invalid(format!(
                     "duplicate task {:?}: listed as task #{} and task #{}",
@@ -217,6 +237,21 @@ impl Schema {
             for (index, weight) in weights {
                 hasher.update(index.to_le_bytes());
                 hasher.update(u64::from(weight).to_le_bytes());
+            }
+        }
+        // Groups likewise, behind their own marker.
+        let mut groups = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i as u64, t.group.as_ref()?)))
+            .peekable();
+        if groups.peek().is_some() {
+            hasher.update((u64::MAX - 1).to_le_bytes());
+            for (index, group) in groups {
+                hasher.update(index.to_le_bytes());
+                hasher.update((group.len() as u64).to_le_bytes());
+                hasher.update(group.as_bytes());
             }
         }
         SchemaDigest(hasher.finalize().into())
@@ -468,6 +503,24 @@ mod tests {
         let mut other = plain.clone();
         other.tasks[0].weight = Some(2);
         assert_ne!(weighted.digest(), other.digest());
+    }
+
+    /// Issue 11: a task's group is read, written back, checked and part of the digest.
+    #[test]
+    fn groups_are_optional_checked_and_digested() {
+        let yaml = "name: g\ntasks:\n  - task: a\n    group: //pkg\n  - task: b\n";
+        let schema = Schema::from_yaml(yaml).unwrap();
+        assert_eq!(schema.tasks[0].group.as_deref(), Some("//pkg"));
+        assert_eq!(schema.tasks[1].group, None);
+        assert_eq!(Schema::from_yaml(&schema.to_yaml()).unwrap(), schema);
+        let plain = Schema::new("g", ["a", "b"]).unwrap();
+        assert_ne!(schema.digest(), plain.digest());
+        let bad = "name: g\ntasks:\n  - task: a\n    group: \"x\\u001b[2J\"\n";
+        let error = Schema::from_yaml(bad).unwrap_err().to_string();
+        assert!(
+            error.contains("group") && error.contains("control"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -127,6 +127,60 @@ pub fn batch_len(
     len
 }
 
+/// Which queued tasks make the next batch, as positions in the queue, in queue order: the head
+/// (the longest expected, so that it does not start last), then as much as fits in `target_ms`
+/// (see [`batch_len`]) preferring tasks `near` the job (of a group it already has, so that what
+/// they share is built once) from the next few positions, then the rest in queue order. The
+/// batch's expected work and length are what [`batch_len`] would give or less; affinity only
+/// changes which tasks of the queue's head make it up.
+pub fn pick_batch(
+    queue: &VecDeque<TaskId>,
+    estimate: impl Fn(TaskId) -> u64,
+    target_ms: u64,
+    limit: u32,
+    batching: Batching,
+    near: impl Fn(TaskId) -> bool,
+) -> Vec<usize> {
+    let natural = batch_len(queue, &estimate, target_ms, limit, batching);
+    if natural <= 1 || natural == queue.len() {
+        return (0..natural).collect();
+    }
+    // Far enough to find a few of the job's own, near enough to keep longest-first order.
+    let window = queue.len().min(3 * natural + 8);
+    let budget = queue
+        .iter()
+        .take(natural)
+        .map(|&t| estimate(t))
+        .sum::<u64>();
+    let mut chosen = vec![0];
+    let mut work = estimate(queue[0]);
+    let mut taken = vec![false; window];
+    taken[0] = true;
+    for pass_near in [true, false] {
+        for position in 1..window {
+            if chosen.len() >= natural {
+                break;
+            }
+            let task = queue[position];
+            if taken[position] || (pass_near && !near(task)) {
+                continue;
+            }
+            let expected = estimate(task);
+            if work + expected > budget {
+                if pass_near {
+                    continue;
+                }
+                break;
+            }
+            work += expected;
+            taken[position] = true;
+            chosen.push(position);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +276,37 @@ mod tests {
         // Alone (so far) with 80 s of work and a 1 s overhead: half of everything would be 40 s,
         // 4 × sqrt(80 × 1) ≈ 36 s; the longest task, 7 s, is what bounds it.
         assert_eq!(batch_target_ms(80_000, 1, 1000, 7000), 7000);
+    }
+
+    /// Issue 11: a job is given tasks of the groups it already has (a package's targets share
+    /// what they build), without taking more work than it would have, and the queue's head first.
+    #[test]
+    fn batches_prefer_the_jobs_own_groups() {
+        // Two packages interleaved, all tasks alike: 10 ms each, head first.
+        let queue: VecDeque<TaskId> = (0..20).collect();
+        let estimate = |_: TaskId| 10;
+        let in_a = |t: TaskId| t.is_multiple_of(2);
+        let picked = pick_batch(&queue, estimate, 40, 100, Batching::Guided, |t| !in_a(t));
+        // The head (task 0, of package a) still goes first; the rest are the job's package b.
+        assert_eq!(picked, [0, 1, 3, 5]);
+        let natural = pick_batch(&queue, estimate, 40, 100, Batching::Guided, |_| false);
+        assert_eq!(natural, [0, 1, 2, 3], "nothing near: the queue's order");
+        // Never more work than the batch would have had: a long task of its own waits.
+        let long = |t: TaskId| if t == 3 { 100 } else { 10 };
+        let picked = pick_batch(&queue, long, 40, 100, Batching::Guided, |t| {
+            t == 3 || t == 5
+        });
+        assert_eq!(picked, [0, 1, 5]);
+        // One at a time, or the whole queue: nothing to choose.
+        assert_eq!(
+            pick_batch(&queue, estimate, 40, 100, Batching::Single, in_a),
+            [0]
+        );
+        let short: VecDeque<TaskId> = (0..3).collect();
+        assert_eq!(
+            pick_batch(&short, estimate, 400, 100, Batching::Guided, in_a),
+            [0, 1, 2]
+        );
     }
 
     #[test]

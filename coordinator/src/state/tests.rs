@@ -1188,3 +1188,46 @@ fn a_session_that_stops_at_its_first_failure_completes_when_a_task_fails() {
     };
     assert!(complete_report(&world.report(1, vec![failing]), 1).is_none());
 }
+
+/// Issue 11: a job's later batches come from the packages (groups) it already has, so that
+/// what their targets share is built once, by it.
+#[test]
+fn a_job_is_kept_to_the_groups_it_already_has() {
+    let mut tasks: Vec<schemas::Task> = (0..16)
+        .map(|i: u32| schemas::Task {
+            group: Some(if i.is_multiple_of(2) { "//a" } else { "//b" }.into()),
+            ..schemas::Task::new(format!("task-{i}"))
+        })
+        .collect();
+    // Two long ones first, one of each package: each job starts with one.
+    for task in &mut tasks[..2] {
+        task.weight = Some(8);
+    }
+    let schema = Schema {
+        name: "s".into(),
+        tasks,
+    };
+    schema.validate().unwrap();
+    let mut world = World::new(Policy::default());
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    assert_eq!(assignment(&world.request(1, 1), 1), Some(vec![0]));
+    assert_eq!(assignment(&world.request(2, 1), 2), Some(vec![1]));
+    world.report(1, passed(&[0]));
+    world.report(2, passed(&[1]));
+    let group = |t: &TaskId| t % 2;
+    for _ in 0..2 {
+        for (conn, own) in [(1, 0), (2, 1)] {
+            let Some(batch) = assignment(&world.request_with_overhead(conn, 3, 100_000), conn)
+            else {
+                continue;
+            };
+            assert!(batch.len() > 1, "batches of several tasks, to choose from");
+            assert!(
+                batch.iter().all(|t| group(t) == own),
+                "job {conn} got {batch:?}"
+            );
+            world.report(conn, passed(&batch));
+        }
+    }
+}

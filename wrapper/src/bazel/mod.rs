@@ -180,6 +180,8 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
     };
     for task in &mut schema.tasks {
         task.weight = plan.weights.get(&task.task).copied();
+        // A package's targets share its libraries: jobs are preferably kept to packages.
+        task.group = package_of(&task.task).map(str::to_string);
     }
     // Negative patterns change what is tested (a subtracted suite's tests are built, not run)
     // without changing the targets: they are part of what the jobs must agree on.
@@ -448,6 +450,12 @@ fn finish(schema: &Schema, report: &SessionReport, testing: bool, warnings: &Run
     verdict::exit_code(report, testing)
 }
 
+/// The package of a label (`//a/b` of `//a/b:c`, `@r//a` of `@r//a:c`), if it names one.
+fn package_of(label: &str) -> Option<&str> {
+    let (package, _) = label.rsplit_once(':')?;
+    package.contains("//").then_some(package)
+}
+
 /// Where batches write their build events: `TASK_SHARDING_BEP_DIR` when set (kept, for
 /// inspection), else a temporary directory removed at the end.
 enum EventsDir {
@@ -477,7 +485,15 @@ impl EventsDir {
 
 #[cfg(test)]
 mod tests {
-    use super::{batch_options, builds_nothing, workspace_name};
+    use super::{batch_options, builds_nothing, package_of, workspace_name};
+
+    #[test]
+    fn a_labels_package_is_its_group() {
+        assert_eq!(package_of("//a/b:c"), Some("//a/b"));
+        assert_eq!(package_of("//:c"), Some("//"));
+        assert_eq!(package_of("@r//a:c"), Some("@r//a"));
+        assert_eq!(package_of("not-a-label"), None);
+    }
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

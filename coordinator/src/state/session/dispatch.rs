@@ -67,14 +67,29 @@ impl Session {
                     request.overhead_ms,
                     self.longest_expected(),
                 );
-                let len = scheduler::batch_len(
+                // Near this job: the groups it has, and the group of the task it starts with.
+                let groups = &self.members[&idx].groups;
+                let head = self.queue.front().and_then(|&t| self.group_of[t as usize]);
+                let positions = scheduler::pick_batch(
                     &self.queue,
                     |task| self.expected(task as usize),
                     target,
                     request.limit,
                     self.scheduling.batching,
+                    |task| {
+                        self.group_of[task as usize]
+                            .is_some_and(|g| Some(g) == head || groups.contains(&g))
+                    },
                 );
-                let batch: Vec<TaskId> = self.queue.drain(..len).collect();
+                let batch: Vec<TaskId> = positions.iter().map(|&p| self.queue[p]).collect();
+                // Positions ascend: removing from the back keeps the others in place.
+                for &position in positions.iter().rev() {
+                    self.queue.remove(position);
+                }
+                let member = self.members.get_mut(&idx).expect("waiters are members");
+                member
+                    .groups
+                    .extend(batch.iter().filter_map(|&t| self.group_of[t as usize]));
                 for &task in &batch {
                     self.lease(task, idx, now);
                 }

@@ -24,6 +24,7 @@ impl Session {
                 holding_since: None,
                 waiting: None,
                 running: Vec::new(),
+                groups: BTreeSet::new(),
             },
         );
         self.tickets.insert(ticket, idx);

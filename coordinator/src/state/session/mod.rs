@@ -82,6 +82,9 @@ struct Member {
     /// The tasks of its last assignment it has not reported yet (clients report each task as it
     /// finishes): what is left of its batch, which an idle member may copy.
     running: Vec<TaskId>,
+    /// The groups of the tasks it was handed (see [`schemas::Task::group`]): it has built
+    /// what they share, so it is preferably given more of them.
+    groups: BTreeSet<u32>,
 }
 
 /// A pending request for work.
@@ -115,6 +118,8 @@ pub(crate) struct Session {
     fail_fast: bool,
     /// How to schedule.
     scheduling: Scheduling,
+    /// Each task's group, as an index into the schema's distinct groups.
+    group_of: Vec<Option<u32>>,
     /// Each task's duration from its history, in milliseconds; `None` where unknown.
     known: Vec<Option<u64>>,
     /// What an unknown task of weight 1 is expected to take before anything ran: the median
@@ -215,6 +220,8 @@ impl Session {
             fail_fast,
         } = row;
         let count = schema.tasks.len();
+        let schema_groups: Vec<Option<String>> =
+            schema.tasks.iter().map(|t| t.group.clone()).collect();
         let weights: Vec<u32> = schema.tasks.iter().map(|t| t.weight_or_one()).collect();
         let (estimates, known_count, initial_stand_in) =
             scheduler::fill_estimates(known, &weights, DEFAULT_ESTIMATE_MS);
@@ -268,6 +275,7 @@ impl Session {
             log_bytes: 0,
             created_at: now,
             spans: Vec::new(),
+            group_of: group_indices(&schema_groups),
             counts: crate::state::view::Counts {
                 sessions_created: 1,
                 ..Default::default()
@@ -341,3 +349,16 @@ pub(crate) const MAX_SESSION_LOG_BYTES: usize = 4 << 20;
 
 /// A backup copy must be expected to save at least this much, beyond twice the overhead.
 const MIN_BACKUP_GAIN_MS: u64 = 10;
+
+/// Each task's group as a small number: the same text, the same number.
+fn group_indices(groups: &[Option<String>]) -> Vec<Option<u32>> {
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    groups
+        .iter()
+        .map(|group| {
+            let group = group.as_deref()?;
+            let next = ids.len() as u32;
+            Some(*ids.entry(group).or_insert(next))
+        })
+        .collect()
+}

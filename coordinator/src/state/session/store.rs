@@ -40,6 +40,7 @@ impl Session {
                     holding_since: Some(now),
                     waiting: None,
                     running: Vec::new(),
+                    groups: BTreeSet::new(),
                 },
             );
         }
