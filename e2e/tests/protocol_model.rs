@@ -179,6 +179,7 @@ impl Model {
                 history_scope: "scope".into(),
                 run: Some("run".into()),
                 fail_fast: false,
+                parallelism: 1,
                 schema: schema(),
                 max_batch,
                 // Never given up on within a case: a connection asked for is made or cut.

@@ -81,8 +81,10 @@ fn a_backup_copy_beats_a_straggler_which_is_aborted() {
     let dir = tempfile::tempdir().unwrap();
     let tasks: Vec<String> = ["slow", "a", "b"].map(String::from).to_vec();
     let schema = write_schema(dir.path(), "race", &tasks).unwrap();
-    let normal = "case \"$0\" in slow) sleep 0.5;; *) sleep 0.05;; esac";
-    // A first run teaches the coordinator that `slow` takes about half a second.
+    // `slow` must be expected to run on for more than a copy's minimum gain (1 s) when the
+    // healthy job comes asking, however long that job took to start: 4 s leaves it 3.
+    let normal = "case \"$0\" in slow) sleep 4;; *) sleep 0.05;; esac";
+    // A first run teaches the coordinator that `slow` takes about four seconds.
     let learn = job(
         &coordinator,
         "run-1",

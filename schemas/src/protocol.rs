@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::schema::{Schema, SchemaDigest};
 
 /// The version of this protocol. Bump it on any change to the messages' encoding.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The TLS application protocol (ALPN) that names this protocol. It stays the same across
 /// [`PROTOCOL_VERSION`]s from 2 on, so that a peer of another version gets through TLS and is
@@ -143,6 +143,11 @@ pub struct Join {
     /// same verdict. The join that creates the session decides; the session key covers the
     /// options, so every job of it asks the same. Added in protocol version 5.
     pub fail_fast: bool,
+    /// How many of its tasks this client runs at once (a Bazel job's `--local_test_jobs`, or
+    /// its CPUs): a batch of them takes about its total work divided by this, at least its
+    /// longest task. The coordinator judges how long a batch still runs by it. 0 is read as 1.
+    /// Added in protocol version 6.
+    pub parallelism: u32,
 }
 
 impl Join {
@@ -164,6 +169,7 @@ impl Join {
             running: Vec::new(),
             run: None,
             fail_fast: false,
+            parallelism: 1,
         }
     }
 }
@@ -479,6 +485,7 @@ mod tests {
                 running: vec![1],
                 run: Some("bazel/r/test".into()),
                 fail_fast: true,
+                parallelism: 4,
             }),
             ClientMessage::Request(WorkRequest {
                 max_tasks: 5,

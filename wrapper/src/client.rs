@@ -104,6 +104,7 @@ pub async fn run_session<R: TaskRunner>(
         history_scope: options.history_scope.clone(),
         run: options.run.clone(),
         fail_fast: options.fail_fast,
+        parallelism: runner.parallelism(),
         schema: schema.clone(),
         max_batch: options.max_batch,
         reconnect_for: options.reconnect_for,

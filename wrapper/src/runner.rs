@@ -83,6 +83,12 @@ pub trait TaskRunner: Send {
     fn batch_overhead(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// How many tasks of a batch run at once (a Bazel job's test jobs): the coordinator judges
+    /// how long a batch still runs by it. One, unless the runner runs tasks side by side.
+    fn parallelism(&self) -> u32 {
+        1
+    }
 }
 
 /// Runs one batch with `runner` and returns every task's first report, streamed or returned:

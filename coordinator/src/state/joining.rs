@@ -29,6 +29,9 @@ impl Coordinator {
             Ok(admitted) => admitted,
             Err(stop) => return stop,
         };
+        if let Some(session) = self.sessions.get_mut(&join.session_key) {
+            session.set_parallelism(idx, join.parallelism);
+        }
         // The clients that waited for this session can join it now.
         let parked = self
             .pending

@@ -214,6 +214,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         batches: 0,
         overhead: runner::INITIAL_OVERHEAD,
         measured: false,
+        parallelism: plan.parallelism.unwrap_or(1),
     };
     let session = SessionOptions {
         max_batch: MAX_BATCH,

@@ -45,6 +45,10 @@ pub struct Plan {
     /// `--notest_keep_going` is in effect (from the command line or a bazelrc) for a
     /// `bazel test`: the first failing test stops the whole session.
     pub fail_fast: bool,
+    /// How many tests a batch runs at once: `--local_test_jobs`, else
+    /// `--local_cpu_resources`, else this machine's CPUs (Bazel's own defaults). `None` before
+    /// the options are read.
+    pub parallelism: Option<u32>,
 }
 
 /// Runs the planning invocation; `Err` carries the reason the plan could not be made (the
@@ -149,6 +153,7 @@ pub fn parse(
             build_tests_only = boolean_option(&effective, "build_tests_only").unwrap_or(false);
             plan.fail_fast =
                 testing && boolean_option(&effective, "test_keep_going") == Some(false);
+            plan.parallelism = Some(parallelism(&effective, host_cpus()));
             explicit = Some(strings("explicitCmdLine"));
         }
         if let Some(patterns) = id["pattern"]["pattern"].as_array() {
@@ -218,6 +223,51 @@ fn boolean_option(options: &[String], name: &str) -> Option<bool> {
     })
 }
 
+/// How many tests Bazel runs at once on a machine with `cpus` CPUs under `options`: a
+/// positive `--local_test_jobs`, else `--local_cpu_resources` (each test asks for one CPU by
+/// default), else `cpus`. Values may be Bazel's keywords with an operation (`HOST_CPUS*.5`);
+/// `auto`, `0` or what cannot be read fall through to the next.
+fn parallelism(options: &[String], cpus: u32) -> u32 {
+    let value = |name: &str| {
+        let prefix = format!("--{name}=");
+        options
+            .iter()
+            .rev()
+            .find_map(|o| o.strip_prefix(&prefix))
+            .and_then(|v| resource_value(v, cpus))
+            .filter(|&n| n > 0)
+    };
+    value("local_test_jobs")
+        .or_else(|| value("local_cpu_resources"))
+        .unwrap_or(cpus)
+        .max(1)
+}
+
+/// A resource value as Bazel writes it: an integer, or `HOST_CPUS` (`auto` for CPUs) with an
+/// optional `*factor` or `-amount`.
+fn resource_value(value: &str, cpus: u32) -> Option<u32> {
+    if let Ok(n) = value.parse::<u32>() {
+        return Some(n);
+    }
+    let (base, rest) = match value.split_at(value.find(['*', '-']).unwrap_or(value.len())) {
+        ("HOST_CPUS" | "auto", rest) => (f64::from(cpus), rest),
+        _ => return None,
+    };
+    let result = if let Some(factor) = rest.strip_prefix('*') {
+        base * factor.parse::<f64>().ok()?
+    } else if let Some(amount) = rest.strip_prefix('-') {
+        base - amount.parse::<f64>().ok()?
+    } else {
+        base
+    };
+    Some(result.max(1.0) as u32)
+}
+
+/// This machine's CPUs, as Bazel counts them (1 if unknown).
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
 /// A test size's weight: roughly the square root of the ratio of its default timeouts (60 s,
 /// 300 s, 900 s, 3600 s) — larger tests do take longer, but far less than their timeouts say.
 fn size_weight(size: Option<&str>) -> Option<u32> {
@@ -264,6 +314,33 @@ mod tests {
     fn synthetic(events: &str, stderr: &str, command: &str) -> Plan {
         let events = events.replace(r#""command":"test""#, &format!(r#""command":"{command}""#));
         parse(&events, stderr, command, &planning("/e.json")).unwrap()
+    }
+
+    /// Issue 11: a job says how many tests it runs at once, as Bazel would decide it.
+    #[test]
+    fn parallelism_is_what_bazel_runs_at_once() {
+        let of = |options: &[&str]| {
+            let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+            parallelism(&options, 8)
+        };
+        assert_eq!(of(&[]), 8, "the machine's CPUs");
+        assert_eq!(of(&["--local_test_jobs=3"]), 3);
+        assert_eq!(of(&["--local_test_jobs=0", "--local_cpu_resources=2"]), 2);
+        assert_eq!(of(&["--local_cpu_resources=HOST_CPUS*.5"]), 4);
+        assert_eq!(of(&["--local_cpu_resources=HOST_CPUS-1"]), 7);
+        assert_eq!(of(&["--local_test_jobs=auto"]), 8);
+        assert_eq!(
+            of(&["--local_test_jobs=5", "--local_test_jobs=2"]),
+            2,
+            "the last wins"
+        );
+        assert_eq!(
+            of(&["--local_cpu_resources=HOST_CPUS*.01"]),
+            1,
+            "at least one"
+        );
+        let plan = synthetic(&(header(r#""--local_test_jobs=3""#)), "", "test");
+        assert_eq!(plan.parallelism, Some(3));
     }
 
     #[test]

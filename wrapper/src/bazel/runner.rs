@@ -56,6 +56,8 @@ pub struct BazelRunner {
     pub overhead: Duration,
     /// Whether `overhead` was measured yet (else it is [`INITIAL_OVERHEAD`]).
     pub measured: bool,
+    /// How many tests one batch runs at once (see [`super::plan::Plan::parallelism`]).
+    pub parallelism: u32,
 }
 
 /// How often a running batch's event file is read for results to report.
@@ -184,6 +186,10 @@ impl TaskRunner for BazelRunner {
 
     fn batch_overhead(&self) -> Duration {
         self.overhead
+    }
+
+    fn parallelism(&self) -> u32 {
+        self.parallelism
     }
 }
 
@@ -398,6 +404,7 @@ mod tests {
             batches: 0,
             overhead: INITIAL_OVERHEAD,
             measured: false,
+            parallelism: 1,
         };
         assert_eq!(
             runner.command_line(

@@ -107,6 +107,8 @@ pub struct Config {
     pub run: Option<String>,
     /// Whether the session stops at its first failing task (see [`Join::fail_fast`]).
     pub fail_fast: bool,
+    /// How many tasks the runner runs at once (see [`Join::parallelism`]).
+    pub parallelism: u32,
     /// The tasks.
     pub schema: Schema,
     /// The most tasks to take per assignment.
@@ -301,6 +303,7 @@ impl Machine {
             running,
             run: self.config.run.clone(),
             fail_fast: self.config.fail_fast,
+            parallelism: self.config.parallelism,
             ..Join::new(
                 self.config.session_key.clone(),
                 &self.config.schema,

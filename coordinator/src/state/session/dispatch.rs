@@ -52,10 +52,13 @@ impl Session {
                                 *backup = Some(idx);
                             }
                             self.touch(task);
+                            // One line per copy, naming it: tests that count executions
+                            // allow one more run of each task named here.
+                            tracing::info!(session = %self.key, task,
+                                label = %self.schema.tasks[task as usize].task,
+                                "handing out a backup copy of what a straggling batch has not finished");
                         }
                         self.counts.backups += tasks.len() as u64;
-                        tracing::info!(session = %self.key, tasks = tasks.len(),
-                            "handing out backup copies of what a straggling batch has not finished");
                         tasks
                     }
                     None => break,
@@ -130,10 +133,14 @@ impl Session {
 
     /// The tasks most worth backup copies on `idle`: the unfinished remainder of one batch
     /// running elsewhere — the tasks its holder has not reported (results arrive per task as
-    /// they finish) and nobody else copies yet — expected to run on, all together, for longer
-    /// than it costs to start a copy. The batch with the most expected work left is chosen.
-    /// The first result of each task wins and the other copy is aborted, so a copy of a
-    /// remainder costs idle time only. `None` when backups are off or nothing qualifies.
+    /// they finish) and nobody else copies yet — expected to run on for longer than it costs
+    /// to start a copy, plus [`MIN_BACKUP_GAIN_MS`]. How long a remainder runs on is judged as
+    /// its holder runs it: side by side, [`Member::parallelism`] at a time, so at least its
+    /// longest task and its total work divided by that — not the total, which would make a
+    /// quick remainder of a job testing on every core look long (and have it run twice). The
+    /// batch with the most time left is chosen. The first result of each task wins and the
+    /// other copy is aborted, so a copy of a remainder costs idle time only. `None` when
+    /// backups are off or nothing qualifies.
     pub(super) fn backup_candidate(
         &self,
         idle: MemberIdx,
@@ -149,7 +156,7 @@ impl Session {
             .filter(|(holder, _)| **holder != idle)
             .filter_map(|(holder, member)| {
                 let mut started = now;
-                let mut expected = 0;
+                let (mut work, mut longest) = (0, 0);
                 // Only on grounds: a task's history, or durations seen in this session.
                 let mut grounds = self.observed.1 > 0;
                 let mut tasks = Vec::new();
@@ -164,13 +171,16 @@ impl Session {
                         if leased_to == holder {
                             grounds |= self.known[index].is_some();
                             started = started.min(*since);
-                            expected += self.expected(index);
+                            let expected = self.expected(index);
+                            work += expected;
+                            longest = longest.max(expected);
                             tasks.push(task);
                         }
                     }
                 }
+                let wall = longest.max(work.div_ceil(u64::from(member.parallelism.max(1))));
                 let elapsed = now.saturating_duration_since(started).as_millis() as u64;
-                let left = expected.saturating_sub(elapsed);
+                let left = wall.saturating_sub(elapsed);
                 (grounds && !tasks.is_empty() && left > 2 * overhead_ms + MIN_BACKUP_GAIN_MS)
                     .then_some((left, tasks))
             })

@@ -25,12 +25,21 @@ impl Session {
                 waiting: None,
                 running: Vec::new(),
                 groups: BTreeSet::new(),
+                parallelism: 1,
             },
         );
         self.tickets.insert(ticket, idx);
         self.dirty.members.push(idx);
         let actions = self.attach(idx, conn, created, false, run_sessions);
         (idx, actions)
+    }
+
+    /// Member `idx` runs `parallelism` tasks at once (0 read as 1, and at most
+    /// [`MAX_PARALLELISM`]: a peer cannot make its batches look shorter than one task each).
+    pub(crate) fn set_parallelism(&mut self, idx: MemberIdx, parallelism: u32) {
+        if let Some(member) = self.members.get_mut(&idx) {
+            member.parallelism = parallelism.clamp(1, MAX_PARALLELISM);
+        }
     }
 
     /// The member holding `ticket` comes back on `conn`. It keeps the leases of the tasks it is

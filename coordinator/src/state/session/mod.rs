@@ -85,6 +85,9 @@ struct Member {
     /// The groups of the tasks it was handed (see [`schemas::Task::group`]): it has built
     /// what they share, so it is preferably given more of them.
     groups: BTreeSet<u32>,
+    /// How many of its tasks it runs at once (see [`schemas::Join::parallelism`]), as its
+    /// latest join said; 1 until it joins (a member restored after a restart).
+    parallelism: u32,
 }
 
 /// A pending request for work.
@@ -347,8 +350,13 @@ const DEFAULT_ESTIMATE_MS: u64 = 1000;
 /// them in the final report, and the coordinator holds them for the session's life.
 pub(crate) const MAX_SESSION_LOG_BYTES: usize = 4 << 20;
 
-/// A backup copy must be expected to save at least this much, beyond twice the overhead.
-const MIN_BACKUP_GAIN_MS: u64 = 10;
+/// A backup copy must be expected to save at least this much, beyond twice the overhead: a
+/// copy runs the same work twice, worth it for a straggler, not to shave a moment off a task
+/// about to finish (whose estimate is no more precise than that).
+const MIN_BACKUP_GAIN_MS: u64 = 1_000;
+
+/// The most tasks one member is taken to run at once (see [`Member::parallelism`]).
+pub(crate) const MAX_PARALLELISM: u32 = 1024;
 
 /// Each task's group as a small number: the same text, the same number.
 fn group_indices(groups: &[Option<String>]) -> Vec<Option<u32>> {

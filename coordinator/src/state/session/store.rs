@@ -41,6 +41,7 @@ impl Session {
                     waiting: None,
                     running: Vec::new(),
                     groups: BTreeSet::new(),
+                    parallelism: 1,
                 },
             );
         }

@@ -18,6 +18,7 @@ fn config() -> Config {
         history_scope: "scope".into(),
         run: Some("bazel/r/test".into()),
         fail_fast: false,
+        parallelism: 2,
         schema: Schema::new("s", ["a", "b", "c"]).unwrap(),
         max_batch: 2,
         reconnect_for: RECONNECT_FOR,
