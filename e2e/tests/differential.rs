@@ -7,7 +7,9 @@
 //!   summaries, which must also agree with each other): each test's status, and every target
 //!   that failed to build,
 //! - which tests executed, and how many times (from the side file each test appends to): each
-//!   exactly as often across the jobs as in the plain run,
+//!   exactly as often across the jobs as in the plain run — except that a test the coordinator
+//!   logged a backup copy of (an idle job racing a straggling one, by design) may also have run
+//!   on the copy: up to as often again per copy, and no more,
 //! - for a scenario passing `--build_event_json_file`, the tests that file reports.
 //!
 //! A mismatch prints both sides. Speed: one workspace copy and one Bazel server per role (plain,
@@ -564,8 +566,13 @@ fn sharded_jobs_give_plain_bazels_verdict() {
         if scenario.exit_only.is_none() && *plain_outcomes != sharded_side.observed.outcomes {
             differences.push("outcomes");
         }
+        let copies = backup_copies(&env, &env.run_id);
         if scenario.exit_only.is_none()
-            && plain_side.observed.executions != sharded_side.observed.executions
+            && !same_executions(
+                &plain_side.observed.executions,
+                &sharded_side.observed.executions,
+                &copies,
+            )
         {
             differences.push("executions");
         }
@@ -597,8 +604,13 @@ fn sharded_jobs_give_plain_bazels_verdict() {
             (false, None) => format!("MISMATCH: {}", differences.join(", ")),
             (true, Some(_)) => "AGREES NOW: remove its `known` mark".to_string(),
         };
+        let copied = if copies.is_empty() {
+            String::new()
+        } else {
+            format!(" (backup copies: {copies:?})")
+        };
         let line = format!(
-            "[{:>2}] {:<55} {:>5.1}s  {verdict}",
+            "[{:>2}] {:<55} {:>5.1}s  {verdict}{copied}",
             index + 1,
             scenario.name,
             elapsed.as_secs_f64()
@@ -832,6 +844,92 @@ fn executions(side_file: &Path) -> BTreeMap<String, usize> {
         }
     }
     counts
+}
+
+/// The backup copies the coordinator handed out in run `run_id`'s sessions, per label (it logs
+/// one line per copy, naming it).
+fn backup_copies(env: &BazelEnv, run_id: &str) -> BTreeMap<String, usize> {
+    let log = env
+        .coordinator
+        .as_ref()
+        .map(|c| c.log())
+        .unwrap_or_default();
+    copies_in_log(&log, run_id)
+}
+
+/// See [`backup_copies`]: the counting, on the log's text.
+fn copies_in_log(log: &str, run_id: &str) -> BTreeMap<String, usize> {
+    let session = format!("session=bazel/{run_id}/");
+    let mut copies = BTreeMap::new();
+    for line in log.lines() {
+        if !(line.contains("handing out a backup copy") && line.contains(&session)) {
+            continue;
+        }
+        let label = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("label="));
+        if let Some(label) = label {
+            *copies.entry(label.to_string()).or_default() += 1;
+        }
+    }
+    copies
+}
+
+/// Whether the sharded run executed each test as often as plain Bazel did, allowing a test
+/// with `n` backup copies up to `n` more runs of each of its executions (shards, attempts).
+fn same_executions(
+    plain: &BTreeMap<String, usize>,
+    sharded: &BTreeMap<String, usize>,
+    copies: &BTreeMap<String, usize>,
+) -> bool {
+    let labels: std::collections::BTreeSet<&String> = plain.keys().chain(sharded.keys()).collect();
+    labels.into_iter().all(|label| {
+        let once = plain.get(label).copied().unwrap_or(0);
+        let ran = sharded.get(label).copied().unwrap_or(0);
+        let extra = copies.get(label).copied().unwrap_or(0);
+        (once..=once * (1 + extra)).contains(&ran)
+    })
+}
+
+#[test]
+fn executions_may_exceed_plain_bazels_only_by_the_logged_backup_copies() {
+    let log = "\
+2026-12-02T19:00:00Z  INFO coordinator::state::session::dispatch: handing out a backup copy of what a straggling batch has not finished session=bazel/run-3/abc task=2 label=//pkg:pass_a
+2026-12-02T19:00:00Z  INFO coordinator::state::session::dispatch: handing out a backup copy of what a straggling batch has not finished session=bazel/run-30/abc task=1 label=//pkg:pass_b
+";
+    let copies = copies_in_log(log, "run-3");
+    assert_eq!(copies, BTreeMap::from([("//pkg:pass_a".to_string(), 1)]));
+    let counts = |pairs: &[(&str, usize)]| -> BTreeMap<String, usize> {
+        pairs.iter().map(|(l, n)| (l.to_string(), *n)).collect()
+    };
+    let plain = counts(&[("//pkg:pass_a", 2), ("//pkg:pass_b", 1)]);
+    assert!(same_executions(&plain, &plain, &copies));
+    assert!(same_executions(
+        &plain,
+        &counts(&[("//pkg:pass_a", 4), ("//pkg:pass_b", 1)]),
+        &copies
+    ));
+    // Not copied: once more is a mismatch; nor may a copied test run more or less than allowed.
+    assert!(!same_executions(
+        &plain,
+        &counts(&[("//pkg:pass_a", 2), ("//pkg:pass_b", 2)]),
+        &copies
+    ));
+    assert!(!same_executions(
+        &plain,
+        &counts(&[("//pkg:pass_a", 5), ("//pkg:pass_b", 1)]),
+        &copies
+    ));
+    assert!(!same_executions(
+        &plain,
+        &counts(&[("//pkg:pass_a", 1), ("//pkg:pass_b", 1)]),
+        &copies
+    ));
+    assert!(!same_executions(
+        &plain,
+        &counts(&[("//pkg:pass_a", 2), ("//pkg:pass_b", 1), ("//x:y", 1)]),
+        &copies
+    ));
 }
 
 /// The labels with a `testSummary` in a build event file.
