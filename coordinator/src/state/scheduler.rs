@@ -98,6 +98,28 @@ pub fn batch_target_ms(
     }
 }
 
+/// How much expected work the next batch of one job should hold, sized in expected *wall time
+/// on that job*: it runs `parallelism` tasks side by side, and the connected jobs together run
+/// `connected_parallelism`. Each of its slots is one "client" of [`batch_target_ms`], and the
+/// batch holds what its slots do in that time: `parallelism ×` the target with
+/// `connected_parallelism` clients. Jobs testing on more cores get more work for the same
+/// expected wall time, and the fair share a job may take is its cores' share of the queue
+/// (`W × p / P`). With every job running one test at a time this is [`batch_target_ms`].
+pub fn job_batch_target_ms(
+    queued_work_ms: u64,
+    parallelism: u32,
+    connected_parallelism: u32,
+    overhead_ms: u64,
+    longest_ms: u64,
+) -> u64 {
+    let parallelism = parallelism.max(1);
+    let slots = connected_parallelism.max(parallelism) as usize;
+    let target = batch_target_ms(queued_work_ms, slots, overhead_ms, longest_ms);
+    target
+        .saturating_mul(u64::from(parallelism))
+        .min(queued_work_ms.max(target))
+}
+
 /// How many tasks from the head of the queue make the next batch: as many as fit in
 /// `target_ms` of expected work (see [`batch_target_ms`]); a task longer than that goes alone.
 /// Always at least one task, at most `limit`.
@@ -269,6 +291,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 11: batches are sized in expected wall time on the job that runs them.
+    #[test]
+    fn batches_are_sized_in_wall_time_on_the_job() {
+        // Every job one test at a time: the same as before.
+        for (work, clients, overhead, longest) in
+            [(1000, 2, 4, 10_000), (40_000, 2, 21_000, 25_000)]
+        {
+            assert_eq!(
+                job_batch_target_ms(work, 1, clients, overhead, longest),
+                batch_target_ms(work, clients as usize, overhead, longest)
+            );
+        }
+        // A 4-core job beside a 1-core one: five slots, 4 × sqrt(10 s × 10 ms / 5) ≈ 565 ms of
+        // wall time each; the 4-core job's batch holds four times the work of the other's.
+        assert_eq!(job_batch_target_ms(10_000, 1, 5, 10, 10_000), 565);
+        assert_eq!(job_batch_target_ms(10_000, 4, 5, 10, 10_000), 2_260);
+        // No job takes more than its cores' share of the queue while others are connected.
+        for work in [0, 999, 40_000, 1_000_000] {
+            for (mine, others) in [(1, 1), (4, 1), (1, 4), (8, 8), (16, 2)] {
+                for overhead in [0, 10, 5_000, 100_000] {
+                    for longest in [0, 1_000, 1_000_000] {
+                        let all = mine + others;
+                        let target = job_batch_target_ms(work, mine, all, overhead, longest);
+                        assert!(
+                            target <= work * u64::from(mine) / u64::from(all),
+                            "{work} {mine}/{all} {overhead} {longest}: {target}"
+                        );
+                    }
+                }
+            }
+        }
+        // Alone, a job may take the whole queue, never more than it.
+        assert_eq!(job_batch_target_ms(40_000, 4, 4, 21_000, 25_000), 40_000);
     }
 
     #[test]

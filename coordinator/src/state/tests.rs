@@ -1278,3 +1278,17 @@ fn a_job_is_kept_to_the_groups_it_already_has() {
         }
     }
 }
+
+/// Issue 11: batches are sized in expected wall time on the job. Cold, nothing is known but
+/// that no batch should outlast the longest task: a job testing four at a time is given four
+/// tasks for that time, a job testing one at a time one.
+#[test]
+fn a_job_testing_on_more_cores_is_given_more_tasks_for_the_same_wall_time() {
+    let schema = schema("s", 100);
+    let mut world = World::new(Policy::default());
+    world.join_running(1, "k", &schema, 4);
+    world.join_running(2, "k", &schema, 1);
+    let four = assignment(&world.request_with_overhead(1, 100, 10), 1).unwrap();
+    let one = assignment(&world.request_with_overhead(2, 100, 10), 2).unwrap();
+    assert_eq!((four.len(), one.len()), (4, 1), "{four:?} {one:?}");
+}

@@ -64,9 +64,16 @@ impl Session {
                     None => break,
                 }
             } else {
-                let target = scheduler::batch_target_ms(
+                let connected_parallelism = self
+                    .members
+                    .values()
+                    .filter(|m| m.conn.is_some())
+                    .map(|m| m.parallelism)
+                    .sum();
+                let target = scheduler::job_batch_target_ms(
                     self.queued_work_ms(),
-                    self.connected.max(1),
+                    self.members[&idx].parallelism,
+                    connected_parallelism,
                     request.overhead_ms,
                     self.longest_expected(),
                 );
