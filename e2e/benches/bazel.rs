@@ -27,15 +27,16 @@
 //! Needs Bazel and nginx (`scripts/e2e-env.sh install` is run first); takes about 4 minutes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use e2e::bazel::{
-    begin, clean_env, parse_summary, repo_root, tail, unique_run_id, Checkout, Finished, Nginx,
-    Running, BAZEL_REAL, LAUNCHER,
+    begin, clean_env, copy_tree, parse_summary, repo_root, tail, unique_run_id, Checkout, Finished,
+    Nginx, Running, BAZEL_REAL, LAUNCHER,
 };
+use e2e::bench::{epoch_ms, read_batches, wait_jobs, Batch, Rng};
 use e2e::{binary, Coordinator};
 
 /// The number of test targets.
@@ -60,29 +61,6 @@ const HISTORY_SCOPE: &str = "bazel-benchmark";
 // ---------------------------------------------------------------------------------------------
 // The workload and its workspace
 // ---------------------------------------------------------------------------------------------
-
-/// xorshift64*: enough randomness for a seeded workload, without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.unit(), self.unit());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
 
 /// The tests: labels in label order, and their sleeps.
 struct Workload {
@@ -211,21 +189,6 @@ impl Workload {
     }
 }
 
-/// Copies a directory tree of regular files, keeping permission bits.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {from:?}"))? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
 /// Rewrites the file every test depends on, in each checkout (the same content in all).
 fn touch_stamp(checkouts: &[Checkout], run: &str) -> Result<()> {
     for checkout in checkouts {
@@ -241,133 +204,9 @@ fn touch_stamp(checkouts: &[Checkout], run: &str) -> Result<()> {
 // Build events
 // ---------------------------------------------------------------------------------------------
 
-/// One Bazel invocation, from its build event file.
-#[derive(Debug)]
-struct Batch {
-    /// The job it belongs to.
-    job: String,
-    /// Its number in the job (1, 2, ...).
-    number: u32,
-    /// `started.startTimeMillis`.
-    start_ms: u64,
-    /// `finished.finishTimeMillis`; `None` if the build never finished.
-    finish_ms: Option<u64>,
-    /// `finished.exitCode.code` (0 when absent, i.e. SUCCESS).
-    exit: Option<i64>,
-    /// Its test attempts: label, `testAttemptDurationMillis`, really executed (no cache hit).
-    attempts: Vec<(String, u64, bool)>,
-}
-
-impl Batch {
-    fn wall_ms(&self) -> Option<u64> {
-        self.finish_ms.map(|f| f.saturating_sub(self.start_ms))
-    }
-
-    /// Wall time beyond its tests (which ran one at a time).
-    fn overhead_ms(&self) -> Option<u64> {
-        let tests: u64 = self.attempts.iter().map(|a| a.1).sum();
-        self.wall_ms().map(|w| w.saturating_sub(tests))
-    }
-
-    /// Stopped because another job finished its targets first (a backup lost the race).
-    fn aborted(&self) -> bool {
-        self.finish_ms.is_none() || self.exit == Some(8)
-    }
-}
-
-fn millis(value: &serde_json::Value) -> Option<u64> {
-    match value {
-        serde_json::Value::String(s) => s.parse().ok(),
-        other => other.as_u64(),
-    }
-}
-
-fn parse_batch(job: &str, number: u32, text: &str) -> Result<Batch> {
-    let mut batch = Batch {
-        job: job.to_string(),
-        number,
-        start_ms: 0,
-        finish_ms: None,
-        exit: None,
-        attempts: Vec::new(),
-    };
-    for line in text.lines() {
-        let event: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("a build event of {job} batch {number} is not JSON"))?;
-        let id = &event["id"];
-        if id.get("started").is_some() {
-            batch.start_ms = millis(&event["started"]["startTimeMillis"])
-                .context("`started` without startTimeMillis")?;
-        } else if id.get("buildFinished").is_some() {
-            batch.finish_ms = millis(&event["finished"]["finishTimeMillis"]);
-            batch.exit = Some(event["finished"]["exitCode"]["code"].as_i64().unwrap_or(0));
-        } else if let Some(label) = id["testResult"]["label"].as_str() {
-            let result = &event["testResult"];
-            if result.is_null() {
-                continue;
-            }
-            let remote_hit =
-                result["executionInfo"]["strategy"].as_str() == Some("remote cache hit");
-            let local_hit = result["cachedLocally"].as_bool() == Some(true);
-            let duration = millis(&result["testAttemptDurationMillis"]).unwrap_or(0);
-            batch
-                .attempts
-                .push((label.to_string(), duration, !remote_hit && !local_hit));
-        }
-    }
-    ensure!(
-        batch.start_ms > 0,
-        "{job} batch {number} has no `started` event"
-    );
-    Ok(batch)
-}
-
-/// Every batch file under `dir` (`job-*/batch-N.json`), named by the checkout that ran it
-/// (`started.workspaceDirectory`, as `job-K`).
-fn read_batches(dir: &Path, checkouts: &[Checkout]) -> Result<Vec<Batch>> {
-    let mut batches = Vec::new();
-    for job_dir in std::fs::read_dir(dir)? {
-        let job_dir = job_dir?.path();
-        for file in std::fs::read_dir(&job_dir)? {
-            let file = file?.path();
-            let Some(number) = file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.strip_prefix("batch-"))
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let text = std::fs::read_to_string(&file)?;
-            let workspace = text.lines().find_map(|line| {
-                let event: serde_json::Value = serde_json::from_str(line).ok()?;
-                event["started"]["workspaceDirectory"]
-                    .as_str()
-                    .map(PathBuf::from)
-            });
-            let job = checkouts
-                .iter()
-                .position(|c| Some(&c.workspace) == workspace.as_ref())
-                .map_or_else(
-                    || job_dir.file_name().unwrap().to_string_lossy().into_owned(),
-                    |i| format!("job-{}", i + 1),
-                );
-            batches.push(parse_batch(&job, number, &text)?);
-        }
-    }
-    batches.sort_by_key(|b| (b.job.clone(), b.number));
-    Ok(batches)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Runs
 // ---------------------------------------------------------------------------------------------
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What one run measured.
 struct RunStats {
@@ -429,27 +268,6 @@ fn job_command(
         .args(args)
         .stdin(Stdio::null());
     command
-}
-
-/// Waits for every job of `running`; returns them with each one's exit time (Unix ms), the last
-/// exit's `Instant`, and fails (killing them) if they take longer than `LIMIT`.
-fn wait_jobs(mut running: Running, started: Instant) -> Result<(Vec<Finished>, Vec<u64>, Instant)> {
-    let mut exits: Vec<Option<(Instant, u64)>> = vec![None; running.jobs.len()];
-    while exits.iter().any(Option::is_none) {
-        for (job, exit) in running.jobs.iter_mut().zip(&mut exits) {
-            if exit.is_none() && !matches!(job.child.try_wait(), Ok(None)) {
-                *exit = Some((Instant::now(), epoch_ms()));
-            }
-        }
-        if started.elapsed() > LIMIT {
-            bail!("the jobs did not finish within {LIMIT:?}"); // dropping `running` kills them
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let exits: Vec<(Instant, u64)> = exits.into_iter().flatten().collect();
-    let last = exits.iter().map(|e| e.0).max().unwrap_or(started);
-    let finished = running.wait_all(Duration::from_secs(10))?;
-    Ok((finished, exits.iter().map(|e| e.1).collect(), last))
 }
 
 fn describe(jobs: &[Finished]) -> String {
@@ -524,7 +342,7 @@ fn sharded_run(
         let command = job_command(checkout, coordinator, &run_id, &client, bep.path(), &args);
         running.spawn(&client, command)?;
     }
-    let (jobs, _, last) = wait_jobs(running, started)?;
+    let (jobs, _, last) = wait_jobs(running, started, LIMIT)?;
     let wall = last - started;
     let end_ms = start_ms + wall.as_millis() as u64;
     let why = format!(
@@ -605,7 +423,7 @@ fn plain_run(name: &str, checkout: &Checkout, workload: &Workload) -> Result<Run
     let started = Instant::now();
     let mut running = Running::default();
     running.spawn("plain", command)?;
-    let (jobs, _, last) = wait_jobs(running, started)?;
+    let (jobs, _, last) = wait_jobs(running, started, LIMIT)?;
     let wall = last - started;
     let why = format!("\n(run {name}){}", describe(&jobs));
     ensure!(
@@ -648,7 +466,7 @@ fn warm_up(checkouts: &[Checkout]) -> Result<Duration> {
                 .stdin(Stdio::null());
             running.spawn(&format!("warm-up-{}", i + 1), command)?;
         }
-        let (jobs, _, _) = wait_jobs(running, Instant::now())?;
+        let (jobs, _, _) = wait_jobs(running, Instant::now(), LIMIT)?;
         for job in &jobs {
             ensure!(
                 job.code() == Some(0),

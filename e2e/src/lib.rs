@@ -6,6 +6,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod bazel;
+pub mod bench;
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
