@@ -7,6 +7,7 @@
 
 pub mod bazel;
 pub mod bench;
+pub mod compiled;
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
