@@ -71,6 +71,16 @@ impl Coordinator {
 
     /// Like [`Coordinator::start`], keeping its state (certificate, timing history) in `dir`.
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Result<Coordinator> {
+        Self::start_program(&binary("coordinator"), dir, args)
+    }
+
+    /// Like [`Coordinator::start_in`], running `program` (another build of the coordinator,
+    /// e.g. an earlier version a benchmark compares against).
+    pub fn start_program(
+        program: &Path,
+        dir: tempfile::TempDir,
+        args: &[&str],
+    ) -> Result<Coordinator> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -92,7 +102,7 @@ impl Coordinator {
         } else {
             &["--http", "127.0.0.1:0"]
         };
-        let mut child = Command::new(binary("coordinator"))
+        let mut child = Command::new(program)
             .args(listen)
             .args(http)
             .args(idle)
