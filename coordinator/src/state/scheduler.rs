@@ -66,9 +66,8 @@ pub fn initial_queue(estimates: &[u64], order: Order) -> VecDeque<TaskId> {
     ids.into()
 }
 
-/// How many tasks from the head of the queue make the next batch.
-///
-/// How much expected work the next batch should hold, in milliseconds.
+/// How much expected work the next batch should hold, in milliseconds, for `clients` jobs
+/// each running one task at a time: [`job_batch_target_ms`] with a parallelism of 1.
 ///
 /// Guided self-scheduling: half a fair share (`W / 2N`, `W` the queued work, `N` the clients),
 /// which shrinks as the queue drains so the last tasks spread evenly. It is also at most
@@ -86,25 +85,21 @@ pub fn batch_target_ms(
     overhead_ms: u64,
     longest_ms: u64,
 ) -> u64 {
-    let clients = clients.max(1) as u64;
-    let share = queued_work_ms / (2 * clients);
-    let balanced =
-        (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / clients as f64).sqrt()) as u64;
-    let target = balanced.min(share).min(longest_ms).max(3 * overhead_ms);
-    if clients > 1 {
-        target.min(queued_work_ms / clients)
-    } else {
-        target
-    }
+    let clients = u32::try_from(clients).unwrap_or(u32::MAX);
+    job_batch_target_ms(queued_work_ms, 1, clients, overhead_ms, longest_ms)
 }
 
 /// How much expected work the next batch of one job should hold, sized in expected *wall time
 /// on that job*: it runs `parallelism` tasks side by side, and the connected jobs together run
-/// `connected_parallelism`. Each of its slots is one "client" of [`batch_target_ms`], and the
-/// batch holds what its slots do in that time: `parallelism ×` the target with
-/// `connected_parallelism` clients. Jobs testing on more cores get more work for the same
-/// expected wall time, and the fair share a job may take is its cores' share of the queue
-/// (`W × p / P`). With every job running one test at a time this is [`batch_target_ms`].
+/// `connected_parallelism` (its own included). Each of their slots is one client of
+/// [`batch_target_ms`]'s guided self-scheduling (half a slot's fair share, at most
+/// `4 × sqrt(W × o / slots)`), and the job's batch holds what its slots do in that time:
+/// `parallelism ×` that. Jobs testing on more cores get more work for the same expected wall
+/// time, and the fair share a job may take while others are connected is its slots' share of
+/// the queue (`W × p / P`). Two bounds stay on the batch's *work*, not its wall time: at most
+/// the session's longest task, so the heaviest tasks are not bunched onto the first wide job
+/// to arrive (its cores may be busier than its parallelism says, and the next jobs are
+/// moments away), and at least three overheads.
 pub fn job_batch_target_ms(
     queued_work_ms: u64,
     parallelism: u32,
@@ -112,12 +107,22 @@ pub fn job_batch_target_ms(
     overhead_ms: u64,
     longest_ms: u64,
 ) -> u64 {
-    let parallelism = parallelism.max(1);
-    let slots = connected_parallelism.max(parallelism) as usize;
-    let target = batch_target_ms(queued_work_ms, slots, overhead_ms, longest_ms);
-    target
-        .saturating_mul(u64::from(parallelism))
-        .min(queued_work_ms.max(target))
+    let parallelism = u64::from(parallelism.max(1));
+    let slots = u64::from(connected_parallelism).max(parallelism);
+    let share = queued_work_ms / (2 * slots);
+    let balanced =
+        (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / slots as f64).sqrt()) as u64;
+    let target = parallelism
+        .saturating_mul(share.min(balanced))
+        .min(longest_ms)
+        .max(overhead_ms.saturating_mul(3));
+    if slots > parallelism {
+        // Others are connected: never more than this job's slots' share of the queue.
+        let fair = u128::from(queued_work_ms) * u128::from(parallelism) / u128::from(slots);
+        target.min(fair as u64)
+    } else {
+        target
+    }
 }
 
 /// How many tasks from the head of the queue make the next batch: as many as fit in
@@ -324,8 +329,11 @@ mod tests {
                 }
             }
         }
-        // Alone, a job may take the whole queue, never more than it.
-        assert_eq!(job_batch_target_ms(40_000, 4, 4, 21_000, 25_000), 40_000);
+        // Alone, the floor of three overheads stands, as for a job testing one at a time.
+        assert_eq!(job_batch_target_ms(40_000, 4, 4, 21_000, 25_000), 63_000);
+        // The longest-task bound is on the batch's work: a 2-core job alone at the start, with
+        // 80 s of work and a 7 s test, takes 7 s of work, not two 7 s tests.
+        assert_eq!(job_batch_target_ms(80_000, 2, 2, 1000, 7000), 7000);
     }
 
     #[test]

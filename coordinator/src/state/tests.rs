@@ -1279,16 +1279,44 @@ fn a_job_is_kept_to_the_groups_it_already_has() {
     }
 }
 
-/// Issue 11: batches are sized in expected wall time on the job. Cold, nothing is known but
-/// that no batch should outlast the longest task: a job testing four at a time is given four
-/// tasks for that time, a job testing one at a time one.
+/// Issue 11: batches are sized in expected wall time on the job. One 1-core job holds the
+/// session's one huge task; then a 4-core and a 1-core job ask in turn, six slots in all. With
+/// 400 s of 1 s tasks queued and a 10 ms overhead a slot's target is 4 × sqrt(400 s × 10 ms / 6)
+/// ≈ 3.27 s: the 4-core job is given four slots' worth (13 tasks), the 1-core job one (3 tasks,
+/// 4 × sqrt(387 s × 10 ms / 6) ≈ 3.21 s).
 #[test]
 fn a_job_testing_on_more_cores_is_given_more_tasks_for_the_same_wall_time() {
-    let schema = schema("s", 100);
+    let mut schema = schema("s", 401);
+    schema.tasks[0].weight = Some(1000);
     let mut world = World::new(Policy::default());
     world.join_running(1, "k", &schema, 4);
     world.join_running(2, "k", &schema, 1);
-    let four = assignment(&world.request_with_overhead(1, 100, 10), 1).unwrap();
-    let one = assignment(&world.request_with_overhead(2, 100, 10), 2).unwrap();
-    assert_eq!((four.len(), one.len()), (4, 1), "{four:?} {one:?}");
+    world.join_running(3, "k", &schema, 1);
+    let huge = assignment(&world.request_with_overhead(3, 500, 10), 3).unwrap();
+    assert_eq!(huge, [0]);
+    let four = assignment(&world.request_with_overhead(1, 500, 10), 1).unwrap();
+    let one = assignment(&world.request_with_overhead(2, 500, 10), 2).unwrap();
+    assert_eq!((four.len(), one.len()), (13, 3), "{four:?} {one:?}");
+}
+
+/// Regression (the cold demo after batches were sized in wall time): the first of three jobs,
+/// alone for a moment and testing on two cores, was given both `large` tests (weight 4) at
+/// once, and the demo's three slow tests ran on two jobs. The longest-task bound is on a
+/// batch's work, so each slow test goes to a different job.
+#[test]
+fn regression_a_wide_job_alone_at_the_start_takes_one_heavy_test_not_two() {
+    let mut schema = schema("s", 26);
+    for (task, weight) in schema.tasks.iter_mut().zip([4, 4, 2]) {
+        task.weight = Some(weight);
+    }
+    let mut world = World::new(Policy::default());
+    world.join_running(1, "k", &schema, 2);
+    let first = assignment(&world.request_with_overhead(1, 100, 300), 1).unwrap();
+    assert_eq!(first, [0]);
+    world.join_running(2, "k", &schema, 2);
+    let second = assignment(&world.request_with_overhead(2, 100, 300), 2).unwrap();
+    assert_eq!(second, [1]);
+    world.join_running(3, "k", &schema, 2);
+    let third = assignment(&world.request_with_overhead(3, 100, 300), 3).unwrap();
+    assert_eq!(third[0], 2, "{third:?}");
 }
