@@ -163,7 +163,8 @@ impl CompiledWorkspace {
     }
 
     /// Writes the workspace into `dir`: `e2e/workspace`'s WORKSPACE, .bazelignore and
-    /// third_party (the offline repository overrides), `//core`, and the packages.
+    /// third_party (the offline repository overrides), and what [`Self::write_packages`]
+    /// writes.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let source = crate::bazel::repo_root().join("e2e/workspace");
         std::fs::create_dir_all(dir)?;
@@ -172,6 +173,14 @@ impl CompiledWorkspace {
                 .with_context(|| format!("cannot copy e2e/workspace/{file}"))?;
         }
         crate::bazel::copy_tree(&source.join("third_party"), &dir.join("third_party"))?;
+        self.write_packages(dir)
+    }
+
+    /// Writes the generated part of the workspace into `dir`: `//core` and the packages (no
+    /// file of the repository is read, so a test can run where the source tree is not, as
+    /// under `bazel test`).
+    pub fn write_packages(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
         let write = |path: &str, text: String| {
             let path = dir.join(path);
             std::fs::create_dir_all(path.parent().expect("a file in a package"))?;
@@ -331,7 +340,7 @@ mod tests {
     fn every_source_includes_the_stamp_and_every_test_is_declared() {
         let ws = CompiledWorkspace::generate(7, 12, 2_000, 2_000);
         let dir = tempfile::tempdir().unwrap();
-        ws.write(dir.path()).unwrap();
+        ws.write_packages(dir.path()).unwrap();
         let builds: String = PACKAGES
             .iter()
             .map(|p| std::fs::read_to_string(dir.path().join(p).join("BUILD")).unwrap())
