@@ -328,6 +328,16 @@ fn run(
     Ok((stats, finished))
 }
 
+/// What every run starts with: a fresh, empty remote cache, and a directory for the jobs'
+/// build event files.
+fn fresh_run() -> Result<(Nginx, tempfile::TempDir)> {
+    let cache = Nginx::start()?;
+    let bep = tempfile::Builder::new()
+        .prefix("bench-compiled-bep-")
+        .tempdir()?;
+    Ok((cache, bep))
+}
+
 /// Plain `bazel-4 test` of `targets` in each of `jobs` (the baseline with one job and `//...`,
 /// a static split with several).
 fn plain(
@@ -336,10 +346,7 @@ fn plain(
     targets: &[Vec<String>],
     workspace: &CompiledWorkspace,
 ) -> Result<RunStats> {
-    let cache = Nginx::start()?;
-    let bep = tempfile::Builder::new()
-        .prefix("bench-compiled-bep-")
-        .tempdir()?;
+    let (cache, bep) = fresh_run()?;
     let mut commands = Vec::new();
     for (i, (job, targets)) in jobs.iter().zip(targets).enumerate() {
         let dir = bep.path().join(format!("job-{}", i + 1));
@@ -370,10 +377,7 @@ fn ours(
     wrapper: &Path,
     workspace: &CompiledWorkspace,
 ) -> Result<RunStats> {
-    let cache = Nginx::start()?;
-    let bep = tempfile::Builder::new()
-        .prefix("bench-compiled-bep-")
-        .tempdir()?;
+    let (cache, bep) = fresh_run()?;
     let run_id = unique_run_id("bench-compiled");
     let mut commands = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
