@@ -18,6 +18,12 @@ use super::persist::{MemoryStore, SlotState};
 use super::*;
 
 const CLIENTS: u8 = 4;
+
+/// How many tasks client `index` says it runs at once: 1, 2 or 3, so that batches are sized
+/// for jobs of different widths and the sessions' count of connected slots is checked.
+fn parallelism_of(index: usize) -> u32 {
+    index as u32 % 3 + 1
+}
 const TASKS: usize = 12;
 const SESSIONS: [&str; 2] = ["a", "b"];
 /// The session that stops at its first failing task (Bazel's `--notest_keep_going`).
@@ -229,6 +235,7 @@ impl Model {
                                 resume,
                                 running: slot.claims(),
                                 fail_fast: session == FAIL_FAST,
+                                parallelism: parallelism_of(index),
                                 ..Join::new(
                                     SESSIONS[session].into(),
                                     &self.schemas[session],
@@ -295,6 +302,7 @@ impl Model {
             resume,
             running: self.slots[index as usize].claims(),
             fail_fast: session == FAIL_FAST,
+            parallelism: parallelism_of(index as usize),
             ..Join::new(
                 SESSIONS[session].into(),
                 &self.schemas[session],

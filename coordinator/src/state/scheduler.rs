@@ -85,8 +85,7 @@ pub fn batch_target_ms(
     overhead_ms: u64,
     longest_ms: u64,
 ) -> u64 {
-    let clients = u32::try_from(clients).unwrap_or(u32::MAX);
-    job_batch_target_ms(queued_work_ms, 1, clients, overhead_ms, longest_ms)
+    job_batch_target_ms(queued_work_ms, 1, clients as u64, overhead_ms, longest_ms)
 }
 
 /// How much expected work the next batch of one job should hold, sized in expected *wall time
@@ -103,12 +102,12 @@ pub fn batch_target_ms(
 pub fn job_batch_target_ms(
     queued_work_ms: u64,
     parallelism: u32,
-    connected_parallelism: u32,
+    connected_parallelism: u64,
     overhead_ms: u64,
     longest_ms: u64,
 ) -> u64 {
     let parallelism = u64::from(parallelism.max(1));
-    let slots = u64::from(connected_parallelism).max(parallelism);
+    let slots = connected_parallelism.max(parallelism);
     let share = queued_work_ms / (2 * slots);
     let balanced =
         (4.0 * (queued_work_ms as f64 * overhead_ms as f64 / slots as f64).sqrt()) as u64;
@@ -320,7 +319,8 @@ mod tests {
                 for overhead in [0, 10, 5_000, 100_000] {
                     for longest in [0, 1_000, 1_000_000] {
                         let all = mine + others;
-                        let target = job_batch_target_ms(work, mine, all, overhead, longest);
+                        let target =
+                            job_batch_target_ms(work, mine, u64::from(all), overhead, longest);
                         assert!(
                             target <= work * u64::from(mine) / u64::from(all),
                             "{work} {mine}/{all} {overhead} {longest}: {target}"

@@ -72,6 +72,15 @@ impl Session {
             self.members.values().filter(|m| m.conn.is_some()).count(),
             "connected count"
         );
+        assert_eq!(
+            self.connected_parallelism,
+            self.members
+                .values()
+                .filter(|m| m.conn.is_some())
+                .map(|m| u64::from(m.parallelism))
+                .sum::<u64>(),
+            "connected parallelism"
+        );
         for (idx, member) in &self.members {
             assert_eq!(self.tickets.get(&member.ticket), Some(idx), "ticket index");
         }

@@ -64,16 +64,10 @@ impl Session {
                     None => break,
                 }
             } else {
-                let connected_parallelism = self
-                    .members
-                    .values()
-                    .filter(|m| m.conn.is_some())
-                    .map(|m| m.parallelism)
-                    .sum();
                 let target = scheduler::job_batch_target_ms(
                     self.queued_work_ms(),
                     self.members[&idx].parallelism,
-                    connected_parallelism,
+                    self.connected_parallelism,
                     request.overhead_ms,
                     self.longest_expected(),
                 );

@@ -38,7 +38,14 @@ impl Session {
     /// [`MAX_PARALLELISM`]: a peer cannot make its batches look shorter than one task each).
     pub(crate) fn set_parallelism(&mut self, idx: MemberIdx, parallelism: u32) {
         if let Some(member) = self.members.get_mut(&idx) {
-            member.parallelism = parallelism.clamp(1, MAX_PARALLELISM);
+            let old = std::mem::replace(
+                &mut member.parallelism,
+                parallelism.clamp(1, MAX_PARALLELISM),
+            );
+            if member.conn.is_some() {
+                self.connected_parallelism =
+                    self.connected_parallelism - u64::from(old) + u64::from(member.parallelism);
+            }
         }
     }
 
@@ -78,6 +85,7 @@ impl Session {
         let old = member.conn.take();
         if old.is_some() {
             self.connected -= 1;
+            self.connected_parallelism -= u64::from(member.parallelism);
             member.waiting = None;
             self.waiting.retain(|&m| m != idx);
         }
@@ -106,6 +114,7 @@ impl Session {
         member.holding_since = None;
         let ticket = member.ticket;
         self.connected += 1;
+        self.connected_parallelism += u64::from(member.parallelism);
         self.empty_since = None;
         let joined = ServerMessage::Joined(Joined {
             created,
@@ -136,6 +145,7 @@ impl Session {
         member.waiting = None;
         member.running.clear();
         self.connected -= 1;
+        self.connected_parallelism -= u64::from(member.parallelism);
         self.waiting.retain(|&m| m != idx);
         if self.connected == 0 {
             self.empty_since = Some(now);

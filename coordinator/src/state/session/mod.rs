@@ -150,6 +150,10 @@ pub(crate) struct Session {
     tickets: HashMap<Ticket, MemberIdx>,
     /// How many members are connected.
     connected: usize,
+    /// How many tasks the connected members run at once, together (the sum of their
+    /// [`Member::parallelism`]): the slots batches are sized against. Kept beside `connected`,
+    /// as it is, so that handing out work need not walk every member.
+    connected_parallelism: u64,
     /// Members waiting for work, in the order they asked.
     waiting: VecDeque<MemberIdx>,
     /// Tasks without a final result.
@@ -264,6 +268,7 @@ impl Session {
             members: BTreeMap::new(),
             tickets: HashMap::new(),
             connected: 0,
+            connected_parallelism: 0,
             waiting: VecDeque::new(),
             remaining: count,
             completed_at: None,
