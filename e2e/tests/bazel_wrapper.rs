@@ -1006,3 +1006,56 @@ fn notest_keep_going_stops_every_job_with_one_verdict() {
     // Both jobs took part: the stop reached a job that was not the one that failed.
     assert_sharded(&jobs, &why);
 }
+
+/// Regression (a flaky differential scenario, "the user's `--build_event_json_file`"): a batch
+/// stopped by the coordinator — its remainder finished first by a backup copy, or the session
+/// stopped at its first failure — left nothing in the user's event file, though results
+/// streamed from it counted and their tests ran nowhere else: those tests had no summary in any
+/// job's file. Here `//slow:sleep4_test` waits for a gate that never opens, so the batch holding
+/// it is always stopped; every batch each job ran, stopped or not, must be in that job's file.
+#[test]
+fn regression_a_stopped_batchs_events_reach_the_users_event_file() {
+    let _serial = begin("regression_a_stopped_batchs_events_reach_the_users_event_file");
+    let env = BazelEnv::start("stopped-batch-events").unwrap();
+    let checkouts = checkouts(2);
+    let gate = env.side_dir().join("gate-never-opened");
+    let gate_env = format!("--test_env=E2E_GATE={}", gate.display());
+    let args = env.test_args(&[
+        "--notest_keep_going",
+        &gate_env,
+        "--build_event_json_file=user-events.json",
+    ]);
+    let jobs = start_jobs(&env, &checkouts, &args).wait_all(LIMIT).unwrap();
+    let why = format!("\n{}", report(&env, &jobs));
+    assert_codes(&jobs, 3, &why);
+    let field = |text: &str, pick: fn(&serde_json::Value) -> Option<String>| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| pick(&e))
+            .collect()
+    };
+    let uuid = |e: &serde_json::Value| e["started"]["uuid"].as_str().map(str::to_string);
+    let workspace = |e: &serde_json::Value| {
+        e["started"]["workspaceDirectory"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let mut stopped = 0;
+    for batches in env.build_events_per_job().values() {
+        for batch in batches {
+            let (Some(id), Some(dir)) = (field(batch, uuid).pop(), field(batch, workspace).pop())
+            else {
+                panic!("a batch without its started event: {batch}{why}");
+            };
+            let user = std::fs::read_to_string(Path::new(&dir).join("user-events.json"))
+                .unwrap_or_default();
+            assert!(
+                field(&user, uuid).contains(&id),
+                "batch {id} of {dir} is not in its user-events.json{why}"
+            );
+            stopped +=
+                usize::from(!batch.contains("\"buildFinished\"") || batch.contains("INTERRUPTED"));
+        }
+    }
+    assert!(stopped > 0, "no batch was stopped: nothing was tested{why}");
+}

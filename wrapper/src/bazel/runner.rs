@@ -109,6 +109,11 @@ impl TaskRunner for BazelRunner {
                 () = batch.abort.cancelled() => {
                     terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
                     stderr.finish().await;
+                    // What it did before it was stopped is the user's too: results streamed
+                    // from it count, and their tests ran nowhere else.
+                    if let Some(user) = &self.user_events {
+                        append(user, &std::fs::read_to_string(&events_file).unwrap_or_default());
+                    }
                     return Vec::new();
                 }
                 _ = tick.tick() => stream.report_settled(tasks, &self.builds, &batch),
