@@ -10,8 +10,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 
 use crate::state::history::{Estimates, HistoryChanges};
 
-/// Estimates in milliseconds by `scope \0 task`; `scope \0` alone (the empty task text, which
-/// no task has) holds how many slots the scope's last session had (see [`Estimates::slots`]).
+/// Estimates in milliseconds by `scope \0 task`.
 const ESTIMATES: TableDefinition<&str, u64> = TableDefinition::new("estimates_v1");
 
 /// Timing history in a redb file.
@@ -164,14 +163,11 @@ mod tests {
             estimates.record("s", "a", 100);
             store.write(&estimates.take_changes()).unwrap();
             estimates.record("s", "a", 300);
-            estimates.record_slots("s", 4);
             store.write(&estimates.take_changes()).unwrap();
         }
-        // After a restart: blended, and only in its own scope; the slots too, not as a task.
+        // After a restart: blended, and only in its own scope.
         let estimates = HistoryStore::open(&path).unwrap().load().unwrap();
         assert_eq!(estimates.lookup("s", &tasks), [Some(200), None]);
         assert_eq!(estimates.lookup("other", &tasks), [None, None]);
-        assert_eq!((estimates.slots("s"), estimates.slots("other")), (4, 0));
-        assert_eq!(estimates.lookup("s", &[Task::new("")]), [None]);
     }
 }

@@ -58,10 +58,6 @@ pub struct Estimates {
     recent: HashMap<String, Recent>,
     /// Results noted so far, to order scopes by use.
     noted: u64,
-    /// By scope, how many slots (tasks run at once, all jobs together) its last complete
-    /// session had connected at the most: how many jobs the next one should expect. Stored as
-    /// the scope's task with the empty text, which no task has.
-    slots: HashMap<String, u64>,
 }
 
 /// Estimates to write: (scope, task text, milliseconds).
@@ -72,10 +68,6 @@ impl Estimates {
     pub fn from_stored(rows: impl IntoIterator<Item = (String, String, u64)>) -> Self {
         let mut estimates = Estimates::default();
         for (scope, task, ms) in rows {
-            if task.is_empty() {
-                estimates.slots.insert(scope, ms);
-                continue;
-            }
             estimates
                 .by_scope
                 .entry(scope)
@@ -92,19 +84,6 @@ impl Estimates {
             .iter()
             .map(|t| known.and_then(|k| k.get(&t.task)).copied())
             .collect()
-    }
-
-    /// How many slots the last complete session of `scope` had at the most (0 when unknown).
-    pub fn slots(&self, scope: &str) -> u64 {
-        self.slots.get(scope).copied().unwrap_or(0)
-    }
-
-    /// Records that a session of `scope` completed having had `slots` slots at the most: the
-    /// latest count, not a blend, since a matrix that changed size has changed.
-    pub fn record_slots(&mut self, scope: &str, slots: u64) {
-        if slots > 0 && self.slots.insert(scope.to_string(), slots) != Some(slots) {
-            self.changed.insert((scope.to_string(), String::new()));
-        }
     }
 
     /// Records that `task` in `scope` actually ran for `duration_ms`.
@@ -214,11 +193,7 @@ impl Estimates {
         std::mem::take(&mut self.changed)
             .into_iter()
             .filter_map(|(scope, task)| {
-                let ms = if task.is_empty() {
-                    *self.slots.get(&scope)?
-                } else {
-                    *self.by_scope.get(&scope)?.get(&task)?
-                };
+                let ms = *self.by_scope.get(&scope)?.get(&task)?;
                 Some((scope, task, ms))
             })
             .collect()

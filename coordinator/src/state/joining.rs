@@ -143,12 +143,10 @@ impl Coordinator {
                     run: join.run.clone(),
                     fail_fast: join.fail_fast,
                 };
-                let expected_slots = self.history.slots(&join.history_scope);
                 let session = Session::new(
                     join.session_key.clone(),
                     row,
                     &known,
-                    expected_slots,
                     self.scheduling(),
                     now,
                 );

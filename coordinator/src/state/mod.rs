@@ -209,12 +209,10 @@ impl Coordinator {
             let key = stored.key.clone();
             // Hold queued work back briefly while clients come back (see `Session::restore`).
             let settle = coordinator.policy.resume_grace.min(MAX_SETTLE);
-            let expected_slots = coordinator.history.slots(&stored.row.history_scope);
             let session = Session::restore(
                 key.clone(),
                 stored,
                 &known,
-                expected_slots,
                 coordinator.scheduling(),
                 settle,
                 now,

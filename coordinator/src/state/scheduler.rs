@@ -96,10 +96,9 @@ pub fn batch_target_ms(
 /// `parallelism ×` that. Jobs testing on more cores get more work for the same expected wall
 /// time, and the fair share a job may take while others are connected is its slots' share of
 /// the queue (`W × p / P`). Two bounds stay on the batch's *work*, not its wall time: at most
-/// `longest_ms` — the session's longest task while nobody knows how many jobs will come (see
-/// [`expected_slots`]), so the heaviest tasks are not bunched onto the first wide job to
-/// arrive (its cores may be busier than its parallelism says, and the next jobs are moments
-/// away) — and at least three overheads.
+/// the session's longest task, so the heaviest tasks are not bunched onto the first wide job
+/// to arrive (its cores may be busier than its parallelism says, and the next jobs are
+/// moments away), and at least three overheads.
 pub fn job_batch_target_ms(
     queued_work_ms: u64,
     parallelism: u32,
@@ -123,22 +122,6 @@ pub fn job_batch_target_ms(
     } else {
         target
     }
-}
-
-/// How many slots to size a job's batch against when the scope's last session is known to have
-/// had `expected` at the most (0 when unknown; see [`crate::state::history::Estimates::slots`]):
-/// `Some(expected)` when that says more jobs than this one (`parallelism` slots) and no more
-/// than `expected` are connected yet (`connected`), else `None` (size against who is here).
-///
-/// A CI matrix runs the same jobs every time, and they start at about the same moment, each
-/// asking for work as soon as it is up. Without knowing how many will come, the first to ask
-/// could take half the queue, so [`job_batch_target_ms`] also keeps every batch within the
-/// session's longest task — which on many short tasks means many small batches, each paying
-/// for a Bazel invocation. Knowing how many the last session had, batches are sized for all of
-/// them from the first request, and that bound is not needed. More connected than expected
-/// means the matrix grew: then nobody knows, and the bound is back.
-pub fn expected_slots(parallelism: u32, connected: u64, expected: u64) -> Option<u64> {
-    (expected > u64::from(parallelism.max(1)) && connected <= expected).then_some(expected)
 }
 
 /// How many tasks from the head of the queue make the next batch: as many as fit in
@@ -358,27 +341,6 @@ mod tests {
         // Alone (so far) with 80 s of work and a 1 s overhead: half of everything would be 40 s,
         // 4 × sqrt(80 × 1) ≈ 36 s; the longest task, 7 s, is what bounds it.
         assert_eq!(batch_target_ms(80_000, 1, 1000, 7000), 7000);
-    }
-
-    /// Issue 11: knowing how many jobs the last session had, the first to ask is sized for all
-    /// of them, and the longest-task bound (which made most batches of a compile-heavy
-    /// workspace a few seconds) is not applied.
-    #[test]
-    fn the_last_sessions_slots_size_the_first_batches() {
-        // The last session had 4 one-core jobs; this one is the first here: 4 slots.
-        assert_eq!(expected_slots(1, 1, 4), Some(4));
-        // Sized for all four, the first job alone takes half a slot's share of 80 s, 10 s —
-        // not the 7 s longest task, and not the 36 s it would with nobody expected.
-        let target = job_batch_target_ms(80_000, 1, 4, 1000, u64::MAX);
-        assert_eq!(target, 10_000);
-        assert!(target > 7000 && target < batch_target_ms(80_000, 1, 1000, u64::MAX));
-        // All four here: still known. A fifth: the matrix grew, nothing is known.
-        assert_eq!(expected_slots(1, 4, 4), Some(4));
-        assert_eq!(expected_slots(1, 5, 4), None);
-        // Unknown, or no more than the asking job itself: nothing to go on.
-        assert_eq!(expected_slots(1, 1, 0), None);
-        assert_eq!(expected_slots(4, 4, 4), None);
-        assert_eq!(expected_slots(2, 2, 6), Some(6));
     }
 
     /// Issue 11: a job is given tasks of the groups it already has (a package's targets share

@@ -1172,7 +1172,6 @@ fn priors_spread_the_heaviest_tasks_of_a_cold_session_over_the_jobs() {
 
 mod logs;
 mod runs;
-mod sizing;
 mod view;
 
 impl World {

@@ -64,23 +64,12 @@ impl Session {
                     None => break,
                 }
             } else {
-                let parallelism = self.members[&idx].parallelism;
-                // Sized for every job the last session had, when that is known; else for those
-                // here, and within the longest task in case more are coming.
-                let (slots, longest) = match scheduler::expected_slots(
-                    parallelism,
-                    self.connected_parallelism,
-                    self.expected_slots,
-                ) {
-                    Some(slots) => (slots, u64::MAX),
-                    None => (self.connected_parallelism, self.longest_expected()),
-                };
                 let target = scheduler::job_batch_target_ms(
                     self.queued_work_ms(),
-                    parallelism,
-                    slots,
+                    self.members[&idx].parallelism,
+                    self.connected_parallelism,
                     request.overhead_ms,
-                    longest,
+                    self.longest_expected(),
                 );
                 // Near this job: the groups it has, and the group of the task it starts with.
                 let groups = &self.members[&idx].groups;

@@ -45,7 +45,6 @@ impl Session {
             if member.conn.is_some() {
                 self.connected_parallelism =
                     self.connected_parallelism - u64::from(old) + u64::from(member.parallelism);
-                self.peak_parallelism = self.peak_parallelism.max(self.connected_parallelism);
             }
         }
     }
@@ -116,7 +115,6 @@ impl Session {
         let ticket = member.ticket;
         self.connected += 1;
         self.connected_parallelism += u64::from(member.parallelism);
-        self.peak_parallelism = self.peak_parallelism.max(self.connected_parallelism);
         self.empty_since = None;
         let joined = ServerMessage::Joined(Joined {
             created,

@@ -154,12 +154,6 @@ pub(crate) struct Session {
     /// [`Member::parallelism`]): the slots batches are sized against. Kept beside `connected`,
     /// as it is, so that handing out work need not walk every member.
     connected_parallelism: u64,
-    /// How many slots the scope's last session had connected at the most, from the history (0
-    /// when unknown): how many this one expects, those not here yet included (see
-    /// [`scheduler::expected_slots`]).
-    expected_slots: u64,
-    /// The most slots connected at once so far: what the next session of the scope expects.
-    peak_parallelism: u64,
     /// Members waiting for work, in the order they asked.
     waiting: VecDeque<MemberIdx>,
     /// Tasks without a final result.
@@ -217,13 +211,11 @@ struct Dirty {
 }
 
 impl Session {
-    /// A new session of `row`'s tasks, queued in the policy's order, using `known` durations and
-    /// expecting `expected_slots` slots (0: unknown).
+    /// A new session of `row`'s tasks, queued in the policy's order, using `known` durations.
     pub(crate) fn new(
         key: String,
         row: SessionRow,
         known: &[Option<u64>],
-        expected_slots: u64,
         scheduling: Scheduling,
         now: Instant,
     ) -> Self {
@@ -277,8 +269,6 @@ impl Session {
             tickets: HashMap::new(),
             connected: 0,
             connected_parallelism: 0,
-            expected_slots,
-            peak_parallelism: 0,
             waiting: VecDeque::new(),
             remaining: count,
             completed_at: None,

@@ -101,8 +101,6 @@ impl Session {
             self.stop_unfinished(&client_id);
         }
         if self.remaining == 0 && !self.is_complete() {
-            // How many slots this session had: what its scope's next session expects.
-            history.record_slots(&self.history_scope, self.peak_parallelism);
             self.complete(run_sessions, now);
             actions.extend(self.broadcast_report());
         }

@@ -11,7 +11,6 @@ impl Session {
         key: String,
         stored: StoredSession,
         known: &[Option<u64>],
-        expected_slots: u64,
         scheduling: Scheduling,
         settle: Duration,
         now: Instant,
@@ -22,7 +21,7 @@ impl Session {
             slots: stored_slots,
             ..
         } = stored;
-        let mut session = Session::new(key, row, known, expected_slots, scheduling, now);
+        let mut session = Session::new(key, row, known, scheduling, now);
         session.dirty = Dirty {
             flags: vec![false; session.slots.len()],
             ..Dirty::default()
