@@ -35,7 +35,7 @@
 //! (its Bazel invocations, from their build events) and idle time; the largest job's share of
 //! the CPU work relative to a fair 1/N.
 //!
-//! Run: `scripts/bench.sh compiled` (as root, for the cgroups; about 15 minutes).
+//! Run: `scripts/bench.sh compiled` (as root, for the cgroups; about 25 minutes).
 //! `cargo bench -p e2e --bench compiled -- --write DIR` only writes the workspace into DIR.
 
 use std::collections::{BTreeMap, BTreeSet};
