@@ -65,13 +65,16 @@ impl BatchEvents {
                 .get("testAttemptDurationMillis")
                 .map(millis)
                 .or_else(|| duration_ms(&result["testAttemptDuration"]));
-            let start = millis(&result["testAttemptStartMillisEpoch"]);
-            if start > 0 {
-                self.attempts.push((start, start + duration.unwrap_or(0)));
-            }
             let cached = result["cachedLocally"].as_bool() == Some(true)
                 || result["executionInfo"]["cachedRemotely"].as_bool() == Some(true)
                 || result["executionInfo"]["strategy"].as_str() == Some("remote cache hit");
+            // A cached attempt did not run now: its start and duration are those of the run
+            // that cached it, and counting them as testing made a batch of cached tests look
+            // busy for longer than it lasted (no idle time, so no overhead measured).
+            let start = millis(&result["testAttemptStartMillisEpoch"]);
+            if start > 0 && !cached {
+                self.attempts.push((start, start + duration.unwrap_or(0)));
+            }
             let target = self.target(label);
             target.longest_attempt_ms = target.longest_attempt_ms.max(duration);
             if !cached && !result.is_null() {
@@ -366,6 +369,35 @@ mod tests {
             Some(600)
         );
         assert_eq!(BatchEvents::parse(EVENTS).testing_ms(), None);
+    }
+
+    /// Regression: a batch of cached tests (Bazel's local action cache, or the remote cache)
+    /// counted the cached attempts' times — of the run that cached them, minutes earlier — as
+    /// this batch's testing, more than the batch's whole wall time. The batch seemed never
+    /// idle, its invocation cost 0 ms, and every later batch of that job was sized for no
+    /// overhead: one target per Bazel invocation.
+    #[test]
+    fn regression_cached_attempts_are_not_testing_time() {
+        let attempt = |label: &str, start: u64, ms: u64, cache: &str| {
+            format!(
+                r#"{{"id":{{"testResult":{{"label":"{label}","run":1,"shard":1,"attempt":1}}}},"testResult":{{"status":"PASSED","testAttemptDurationMillis":"{ms}","testAttemptStartMillisEpoch":"{start}"{cache}}}}}"#
+            )
+        };
+        let events = [
+            attempt("//a", 1000, 400, r#","cachedLocally":true"#),
+            attempt(
+                "//b",
+                1000,
+                900,
+                r#","executionInfo":{"strategy":"remote cache hit","cachedRemotely":true}"#,
+            ),
+        ];
+        assert_eq!(BatchEvents::parse(&events.join("\n")).testing_ms(), None);
+        let with_a_run = [events[0].clone(), attempt("//c", 5000, 250, "")];
+        assert_eq!(
+            BatchEvents::parse(&with_a_run.join("\n")).testing_ms(),
+            Some(250)
+        );
     }
 
     #[test]
