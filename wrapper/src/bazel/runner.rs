@@ -168,8 +168,8 @@ impl TaskRunner for BazelRunner {
         let labels = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
         super::test_log::attach_failing_logs(&mut reports, &labels, &events_text);
         // What the targets that reached a verdict at the end cost to build, and what was left:
-        // the invocation's own cost. The cheapest batch so far says best what an empty
-        // invocation costs (a compile-heavy batch's building is its targets' cost, not overhead).
+        // the invocation's own cost (see `BuildTime::next_overhead_ms`: a compile-heavy
+        // batch's building is its targets' cost, not overhead).
         let idle = stream.idle_ms(&events);
         let built: Vec<&mut TaskReport> = reports
             .iter_mut()
@@ -179,12 +179,7 @@ impl TaskRunner for BazelRunner {
         for report in built {
             report.result.build_ms = each;
         }
-        let fixed = Duration::from_millis(stream.build.fixed_ms(idle));
-        self.overhead = if self.measured {
-            self.overhead.min(fixed)
-        } else {
-            fixed
-        };
+        self.overhead = Duration::from_millis(stream.build.next_overhead_ms(idle, !self.measured));
         self.measured = true;
         reports
     }
