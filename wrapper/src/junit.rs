@@ -65,9 +65,15 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
                 // Worded as the terminal summary words it: `FAILED [job-2]` for a Bazel test,
                 // `NO STATUS (bazel exited 2) [job-2]` for a target whose batch's code is all
                 // there is to say.
+                // A task nobody ran (the session stopped at its first failure) names no job.
+                let by = if record.client.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", record.client)
+                };
                 let message = match crate::summary::exit_note(&record.result) {
-                    Some(note) => format!("{} ({note}) [{}]", outcome.label(), record.client),
-                    None => format!("{} [{}]", outcome.label(), record.client),
+                    Some(note) => format!("{} ({note}){by}", outcome.label()),
+                    None => format!("{}{by}", outcome.label()),
                 };
                 status.set_message(message).set_type(outcome.label());
                 // The failure's text is the end of its log, from whichever job ran it.
@@ -79,16 +85,18 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
         };
         let mut case = TestCase::new(text.clone(), status);
         case.set_classname(suite_name.clone())
-            .set_time(Duration::from_millis(record.result.duration_ms))
-            .add_property(Property::new("job", record.client.clone()))
-            .add_property(Property::new(
-                "executed",
-                if record.result.executed {
-                    "true"
-                } else {
-                    "false (cached)"
-                },
-            ));
+            .set_time(Duration::from_millis(record.result.duration_ms));
+        if !record.client.is_empty() {
+            case.add_property(Property::new("job", record.client.clone()));
+        }
+        case.add_property(Property::new(
+            "executed",
+            if record.result.executed {
+                "true"
+            } else {
+                "false (cached)"
+            },
+        ));
         if record.result.outcome == Outcome::Flaky {
             case.add_property(Property::new("flaky", "true"));
         }
@@ -97,7 +105,9 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
             .or_insert_with(|| (TestSuite::new(suite_name), BTreeSet::new()));
         suite.add_test_case(case);
         // A job that finished alone after losing the coordinator is still one job.
-        jobs.insert(crate::driver::job_of(&record.client));
+        if !record.client.is_empty() {
+            jobs.insert(crate::driver::job_of(&record.client));
+        }
     }
     let mut report = Report::new(name.to_string());
     report.add_test_suites(suites.into_values().map(|(mut suite, jobs)| {
@@ -285,5 +295,45 @@ mod tests {
         assert_eq!(parsed.test_suites.len(), 1);
         assert_eq!(parsed.test_suites[0].name.as_str(), "sleep");
         assert_eq!(parsed.failures, 1);
+    }
+
+    /// Regression: a session that stopped at its first failure records the tasks nobody ran
+    /// with no job; their JUnit cases said `NO STATUS []`, carried an empty `job` property and
+    /// put an empty name in their suite's `hostname`.
+    #[test]
+    fn regression_a_task_nobody_ran_names_no_job() {
+        let schema = Schema::new("bazel test //...", ["//a:one", "//a:two"]).unwrap();
+        let unrun = TaskRecord {
+            result: TaskResult {
+                exit_code: None,
+                executed: false,
+                duration_ms: 0,
+                ..record(1, Outcome::NoStatus, "").result
+            },
+            ..record(1, Outcome::NoStatus, "")
+        };
+        let session = SessionReport {
+            schema_name: schema.name.clone(),
+            records: vec![record(0, Outcome::Failed, "job-1"), unrun],
+        };
+        let xml = report("run", &schema, &session).to_string().unwrap();
+        let parsed = Report::deserialize_from_str(&xml).unwrap();
+        let suite = &parsed.test_suites[0];
+        assert_eq!(
+            suite.extra.get("hostname").map(|h| h.as_str()),
+            Some("job-1")
+        );
+        let two = &suite.test_cases[1];
+        assert!(two.properties.iter().all(|p| p.name.as_str() != "job"));
+        match &two.status {
+            TestCaseStatus::NonSuccess { message, .. } => {
+                assert_eq!(message.as_ref().map(|m| m.as_str()), Some("NO STATUS"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            xml.contains("[job-1]"),
+            "the job that ran one is still named: {xml}"
+        );
     }
 }
