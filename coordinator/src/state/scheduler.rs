@@ -98,7 +98,8 @@ pub fn batch_target_ms(
 /// the queue (`W × p / P`). Two bounds stay on the batch's *work*, not its wall time: at most
 /// the session's longest task, so the heaviest tasks are not bunched onto the first wide job
 /// to arrive (its cores may be busier than its parallelism says, and the next jobs are
-/// moments away), and at least three overheads.
+/// moments away; a session passes `u64::MAX` once it has a result, when they have come), and
+/// at least three overheads.
 pub fn job_batch_target_ms(
     queued_work_ms: u64,
     parallelism: u32,

@@ -1320,3 +1320,30 @@ fn regression_a_wide_job_alone_at_the_start_takes_one_heavy_test_not_two() {
     let third = assignment(&world.request_with_overhead(3, 100, 300), 3).unwrap();
     assert_eq!(third[0], 2, "{third:?}");
 }
+
+/// Issue 11 (the compiled benchmark's many invocations): the longest-task bound holds only
+/// until the session's first result. Two jobs, 40 tasks of 1 s and one of 2 s, a 500 ms
+/// overhead: before any result a batch holds at most the longest task's 2 s; after two of 1 s,
+/// half a slot's share of the 38 s queued (4 × sqrt(38 s × 0.5 s / 2) ≈ 12.3 s is more): 9 tasks.
+#[test]
+fn the_longest_task_bounds_batches_only_until_the_first_result() {
+    let mut schema = schema("s", 41);
+    schema.tasks[0].weight = Some(2);
+    let mut world = World::new(Policy::default());
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    let first = assignment(&world.request_with_overhead(1, 100, 500), 1).unwrap();
+    assert_eq!(first, [0], "the longest alone");
+    let second = assignment(&world.request_with_overhead(2, 100, 500), 2).unwrap();
+    assert_eq!(
+        second.len(),
+        2,
+        "no more than the longest task's work: {second:?}"
+    );
+    world.report(
+        2,
+        second.iter().map(|&t| report_of(t, 1000, true)).collect(),
+    );
+    let third = assignment(&world.request_with_overhead(2, 100, 500), 2).unwrap();
+    assert_eq!(third.len(), 9, "{third:?}");
+}

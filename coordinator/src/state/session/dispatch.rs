@@ -69,7 +69,7 @@ impl Session {
                     self.members[&idx].parallelism,
                     self.connected_parallelism,
                     request.overhead_ms,
-                    self.longest_expected(),
+                    self.batch_bound_ms(),
                 );
                 // Near this job: the groups it has, and the group of the task it starts with.
                 let groups = &self.members[&idx].groups;

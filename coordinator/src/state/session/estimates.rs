@@ -33,6 +33,23 @@ impl Session {
         }
     }
 
+    /// The most work one batch may hold beyond what [`scheduler::job_batch_target_ms`] gives:
+    /// the longest task expected, until the session's first result. The bound keeps the first
+    /// job to join, which cannot know how many will, from taking a large share before the
+    /// others arrive; once a task has been built, run and reported, the jobs that started
+    /// together have joined, and from then on the bound only multiplies invocations (batches
+    /// of one long task's length, each paying the invocation's fixed cost: on one job of the
+    /// compiled benchmark, a dozen invocations where four do). A job that joins later still
+    /// gets its share: batches stay within a fair share of the queue, and the unfinished
+    /// remainder of a long batch is backed up on idle jobs.
+    pub(super) fn batch_bound_ms(&self) -> u64 {
+        if self.remaining == self.slots.len() {
+            self.longest_expected()
+        } else {
+            u64::MAX
+        }
+    }
+
     /// The expected work in the queue, in milliseconds (`queued` holds the known durations and
     /// the unknown tasks' weights).
     pub(super) fn queued_work_ms(&self) -> u64 {
