@@ -53,6 +53,8 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
             .get(record.task as usize)
             .map_or_else(|| format!("task {}", record.task), |t| t.task.clone());
         let suite_name = package_of(&text).unwrap_or(&schema.name).to_string();
+        // A task nobody ran (the session stopped at its first failure) names no job.
+        let job = Some(record.client.as_str()).filter(|client| !client.is_empty());
         let status = match record.result.outcome {
             Outcome::Passed | Outcome::Flaky | Outcome::Built => TestCaseStatus::success(),
             Outcome::Skipped => TestCaseStatus::skipped(),
@@ -65,12 +67,7 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
                 // Worded as the terminal summary words it: `FAILED [job-2]` for a Bazel test,
                 // `NO STATUS (bazel exited 2) [job-2]` for a target whose batch's code is all
                 // there is to say.
-                // A task nobody ran (the session stopped at its first failure) names no job.
-                let by = if record.client.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", record.client)
-                };
+                let by = job.map(|job| format!(" [{job}]")).unwrap_or_default();
                 let message = match crate::summary::exit_note(&record.result) {
                     Some(note) => format!("{} ({note}){by}", outcome.label()),
                     None => format!("{}{by}", outcome.label()),
@@ -86,8 +83,8 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
         let mut case = TestCase::new(text.clone(), status);
         case.set_classname(suite_name.clone())
             .set_time(Duration::from_millis(record.result.duration_ms));
-        if !record.client.is_empty() {
-            case.add_property(Property::new("job", record.client.clone()));
+        if let Some(job) = job {
+            case.add_property(Property::new("job", job));
         }
         case.add_property(Property::new(
             "executed",
@@ -105,8 +102,8 @@ pub fn report(name: &str, schema: &Schema, session: &SessionReport) -> Report {
             .or_insert_with(|| (TestSuite::new(suite_name), BTreeSet::new()));
         suite.add_test_case(case);
         // A job that finished alone after losing the coordinator is still one job.
-        if !record.client.is_empty() {
-            jobs.insert(crate::driver::job_of(&record.client));
+        if let Some(job) = job {
+            jobs.insert(crate::driver::job_of(job));
         }
     }
     let mut report = Report::new(name.to_string());
