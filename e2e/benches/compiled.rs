@@ -36,8 +36,9 @@
 //! the CPU work relative to a fair 1/N. Beside the bound, the core-first bound `bound*`: every
 //! test links `//core`, and jobs that start together against an empty cache each compile all
 //! of it before anything else, so scheduling whole targets cannot beat `core + (baseline −
-//! core) / N`, `core` being `bazel build //core` alone at the share (measured before and after
-//! each N's runs, which also shows how far the machine's speed drifted).
+//! core) / N`, `core` being `bazel build //core` alone at the share (measured with each
+//! share's baseline and after each N's runs, which also shows how far the machine's speed
+//! drifted; N = 1 and 2 share a baseline).
 //!
 //! Ours and the previous scheduler run in turns (cold, cold, warm, warm), so that neither gets
 //! all of a slow stretch of this machine.
@@ -744,7 +745,7 @@ fn benchmark() -> Result<()> {
         .iter()
         .map(|(n, share, base, _, after)| {
             format!(
-                "N={n}, {share} core(s): {} before its runs, {} after",
+                "N={n}, {share} core(s): {} with its baseline, {} after its runs",
                 secs(baselines[*base].2),
                 secs(*after)
             )

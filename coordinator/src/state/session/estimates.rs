@@ -38,8 +38,8 @@ impl Session {
     /// job to join, which cannot know how many will, from taking a large share before the
     /// others arrive; once a task has been built, run and reported, the jobs that started
     /// together have joined, and from then on the bound only multiplies invocations (batches
-    /// of one long task's length, each paying the invocation's fixed cost: on one job of the
-    /// compiled benchmark, a dozen invocations where four do). A job that joins later still
+    /// of one long task's length, each paying the invocation's fixed cost: one job of the
+    /// compiled benchmark's workspace ran 12 to 16 batches with it, 7 without). A job that joins later still
     /// gets its share: batches stay within a fair share of the queue, and the unfinished
     /// remainder of a long batch is backed up on idle jobs.
     pub(super) fn batch_bound_ms(&self) -> u64 {

@@ -45,8 +45,8 @@ impl BuildTime {
     /// `idle_ms`; `first` when there was no measured estimate before it.
     ///
     /// Only a batch that gave none of its idle time to its targets can lower a measured
-    /// estimate: its whole idle time is then at most the fixed cost (the cheapest such batch says best what
-    /// an empty invocation costs). When targets were given some, what is left is the estimate
+    /// estimate: its whole idle time is then at most the fixed cost (the cheapest such batch
+    /// says best what an empty invocation costs). When targets were given some, what is left is the estimate
     /// plus the time after the last verdict, or — if it is less — the idle time shrank after a
     /// share was handed out: a test's running time counts as idle until Bazel reports its
     /// attempt, so a verdict in between gives that time to the targets as building. Such a
