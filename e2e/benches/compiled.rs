@@ -44,7 +44,7 @@
 //! all of a slow stretch of this machine.
 //!
 //! Run: `scripts/bench.sh compiled` (as root, for the cgroups; about 25 minutes);
-//! `BENCH_MACHINES=2,4` runs only those N.
+//! `BENCH_MACHINES=2,4` runs only those N; `BENCH_TIMELINE=1` adds every invocation of every run.
 //! `cargo bench -p e2e --bench compiled -- --write DIR` only writes the workspace into DIR.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +71,9 @@ const MACHINES: [usize; 3] = [1, 2, 4];
 /// Names some of [`MACHINES`] (`BENCH_MACHINES=4`, or `2,4`) to run only those: a quicker
 /// comparison of two builds (`BENCH_PREVIOUS_BINS` may name any build's binaries).
 const MACHINES_VAR: &str = "BENCH_MACHINES";
+/// Set (`BENCH_TIMELINE=1`), the report ends with every invocation of every run: when it
+/// started, how long it took, what it completed and executed.
+const TIMELINE_VAR: &str = "BENCH_TIMELINE";
 /// Longest a run may take before it counts as hung.
 const LIMIT: Duration = Duration::from_secs(900);
 /// The commit whose scheduler the `previous` runs use (see the module's documentation).
@@ -190,6 +193,9 @@ struct JobStats {
     actions: u64,
     busy: Duration,
     invocations: usize,
+    /// Per invocation: when it started (ms after the run's first), its wall time, how many
+    /// targets it completed, its tests' attempt time, actions executed (see [`TIMELINE_VAR`]).
+    timeline: Vec<(u64, u64, usize, u64, u64)>,
 }
 
 impl RunStats {
@@ -212,23 +218,25 @@ impl RunStats {
 }
 
 /// Actions Bazel executed (not cache hits) as its `INFO: N processes: 4 remote cache hit, 18
-/// linux-sandbox.` lines say, summed over the invocations in `stderr`.
-fn executed_actions(stderr: &str) -> u64 {
-    let mut total = 0;
+/// linux-sandbox.` lines say, per invocation in `stderr` (in order).
+fn executed_actions(stderr: &str) -> Vec<u64> {
+    let mut each = Vec::new();
     for line in stderr.lines() {
         let Some((_, kinds)) = line.split_once(" processes: ") else {
             continue;
         };
+        let mut executed = 0;
         for kind in kinds.trim_end_matches('.').split(", ") {
             let Some((count, what)) = kind.split_once(' ') else {
                 continue;
             };
             if !what.contains("cache hit") && what != "internal" {
-                total += count.parse::<u64>().unwrap_or(0);
+                executed += count.parse::<u64>().unwrap_or(0);
             }
         }
+        each.push(executed);
     }
-    total
+    each
 }
 
 /// `INFO: Elapsed time: ..., Critical Path: 12.34s` (the last one in `stderr`).
@@ -311,16 +319,32 @@ fn run(
         "the build events show executions of {} targets, not all {TESTS}{why}",
         labels.len()
     );
+    let first_start = batches.iter().map(|b| b.start_ms).min().unwrap_or(0);
     let mut per_job = Vec::new();
     for (i, (job, finished)) in jobs.iter().zip(&finished).enumerate() {
         let mine: Vec<&Batch> = batches
             .iter()
             .filter(|b| b.job == format!("job-{}", i + 1))
             .collect();
+        let actions = executed_actions(&finished.stderr());
+        let timeline = mine
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                (
+                    b.start_ms - first_start,
+                    b.wall_ms().unwrap_or(0),
+                    b.targets.len(),
+                    b.attempts.iter().map(|a| a.1).sum(),
+                    actions.get(k).copied().unwrap_or(0),
+                )
+            })
+            .collect();
         per_job.push(JobStats {
+            timeline,
             cpu: job.machine.usage()? - before[i].0,
             throttled: job.machine.throttled()? - before[i].1,
-            actions: executed_actions(&finished.stderr()),
+            actions: actions.iter().sum(),
             busy: mine
                 .iter()
                 .filter_map(|b| b.wall_ms())
@@ -561,6 +585,32 @@ fn print_jobs(runs: &[(usize, &RunStats)]) {
             })
             .collect();
         println!("  N={n} {:<20} {}", run.name, cells.join("  "));
+    }
+    if std::env::var_os(TIMELINE_VAR).is_none() {
+        return;
+    }
+    println!();
+    println!(
+        "per invocation: start (s after the run's first) +wall, targets completed, \
+         test attempts (s), actions executed"
+    );
+    for (n, run) in runs {
+        println!("  N={n} {}", run.name);
+        for (i, job) in run.per_job.iter().enumerate() {
+            let cells: Vec<String> = job
+                .timeline
+                .iter()
+                .map(|&(start, wall, targets, tests, actions)| {
+                    format!(
+                        "{:.1}+{:.1} {targets}t {:.1}s {actions}a",
+                        start as f64 / 1e3,
+                        wall as f64 / 1e3,
+                        tests as f64 / 1e3
+                    )
+                })
+                .collect();
+            println!("    job-{}: {}", i + 1, cells.join(" | "));
+        }
     }
 }
 

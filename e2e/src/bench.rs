@@ -47,6 +47,8 @@ pub struct Batch {
     pub exit: Option<i64>,
     /// Its test attempts: label, `testAttemptDurationMillis`, really executed (no cache hit).
     pub attempts: Vec<(String, u64, bool)>,
+    /// The targets it completed (`targetCompleted`), tests and built-only ones alike.
+    pub targets: Vec<String>,
 }
 
 impl Batch {
@@ -84,6 +86,7 @@ pub fn parse_batch(job: &str, number: u32, text: &str) -> Result<Batch> {
         finish_ms: None,
         exit: None,
         attempts: Vec::new(),
+        targets: Vec::new(),
     };
     for line in text.lines() {
         let event: serde_json::Value = serde_json::from_str(line)
@@ -95,6 +98,8 @@ pub fn parse_batch(job: &str, number: u32, text: &str) -> Result<Batch> {
         } else if id.get("buildFinished").is_some() {
             batch.finish_ms = millis(&event["finished"]["finishTimeMillis"]);
             batch.exit = Some(event["finished"]["exitCode"]["code"].as_i64().unwrap_or(0));
+        } else if let Some(label) = id["targetCompleted"]["label"].as_str() {
+            batch.targets.push(label.to_string());
         } else if let Some(label) = id["testResult"]["label"].as_str() {
             let result = &event["testResult"];
             if result.is_null() {
