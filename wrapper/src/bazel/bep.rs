@@ -3,7 +3,8 @@
 //!
 //! The events used: `testResult` (one per run/shard/attempt: whether it executed or came from a
 //! cache, and how long it took), `testSummary` (the target's overall status), and
-//! `targetCompleted` (whether the target built, for targets that never got a summary).
+//! `targetCompleted` (whether the target built, for targets that never got a summary), and
+//! `actionCompleted` (which target a completed command belonged to: what building costs).
 
 use std::collections::HashMap;
 
@@ -37,6 +38,22 @@ pub struct BatchEvents {
     pub exit_code: Option<i32>,
     /// When each test attempt ran: start and end, in milliseconds since the epoch.
     attempts: Vec<(u64, u64)>,
+    /// The actions that ran a command and completed (`actionCompleted` with a command line:
+    /// compiling, linking, testing; reported for every action with
+    /// `--build_event_publish_all_actions`), since [`Self::take_commands`] last took them.
+    commands: Vec<CompletedCommand>,
+}
+
+/// An action that ran a command, as its `actionCompleted` event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedCommand {
+    /// The target it belongs to.
+    pub label: String,
+    /// It ran a test (`TestRunner`): its time is the test's, not building.
+    pub test: bool,
+    /// Its primary output's local path, if it has one (`file://` URI): when the file was last
+    /// written is when the action finished (events reach the file in bunches, later).
+    pub output: Option<std::path::PathBuf>,
 }
 
 impl BatchEvents {
@@ -95,12 +112,29 @@ impl BatchEvents {
             let target = self.target(label);
             target.built = Some(success && !aborted);
             target.aborted = aborted;
+        } else if let Some(label) = id["actionCompleted"]["label"].as_str() {
+            let action = &event["action"];
+            if action.get("commandLine").is_some() {
+                self.commands.push(CompletedCommand {
+                    label: label.to_string(),
+                    test: action["type"].as_str() == Some("TestRunner"),
+                    output: action["primaryOutput"]["uri"]
+                        .as_str()
+                        .and_then(|uri| uri.strip_prefix("file://"))
+                        .map(std::path::PathBuf::from),
+                });
+            }
         } else if id.get("buildFinished").is_some() {
             self.exit_code = event["finished"]["exitCode"]["code"]
                 .as_i64()
                 .map(|c| c as i32)
                 .or(Some(0));
         }
+    }
+
+    /// The commands completed since the last call, in the order reported.
+    pub fn take_commands(&mut self) -> Vec<CompletedCommand> {
+        std::mem::take(&mut self.commands)
     }
 
     /// How long tests were running in this batch: the union of the attempts' time spans (tests
@@ -369,6 +403,52 @@ mod tests {
             Some(600)
         );
         assert_eq!(BatchEvents::parse(EVENTS).testing_ms(), None);
+    }
+
+    /// Issue 11: which target each completed command was, as real Bazels report them (their
+    /// own event files, command lines cut short): 4.2.3 compiling `//core` and a package
+    /// library as the dependencies of two tests, then the tests' own compiles and links in
+    /// turns; 7.7.1 running sh_tests, whose one command each is the test.
+    #[test]
+    fn completed_commands_name_their_targets_in_order() {
+        let mut bazel_4 = BatchEvents::parse(include_str!("testdata/actions-4.2.3.json"));
+        let core = ["//core:core"; 4].map(str::to_string);
+        let mut want: Vec<String> = core.to_vec();
+        want.extend(
+            [
+                "//alpha:lib",
+                "//core:core",
+                "//alpha:lib",
+                "//alpha:t00",
+                "//alpha:t06",
+                "//alpha:t00",
+                "//alpha:t06",
+                "//alpha:t00",
+                "//alpha:t06",
+            ]
+            .map(str::to_string),
+        );
+        let commands = bazel_4.take_commands();
+        let labels: Vec<&str> = commands.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, want);
+        assert!(bazel_4.take_commands().is_empty(), "taken once");
+        // The tests' commands are the last two, and each names its output.
+        let tests: Vec<bool> = commands.iter().map(|c| c.test).collect();
+        assert_eq!(tests.iter().filter(|t| **t).count(), 2);
+        assert!(tests[tests.len() - 2..].iter().all(|t| *t));
+        assert!(commands[0]
+            .output
+            .as_ref()
+            .is_some_and(|o| o.is_absolute() && o.ends_with("core/_objs/core/core_0.pic.o")));
+        let mut bazel_7 = BatchEvents::parse(include_str!("testdata/actions-7.7.1.json"));
+        let tests = ["lower", "broken", "concat", "length", "reverse", "upper"]
+            .map(|t| format!("//strings:{t}_test"));
+        let commands = bazel_7.take_commands();
+        assert_eq!(
+            commands.iter().map(|c| &c.label).collect::<Vec<_>>(),
+            tests.iter().collect::<Vec<_>>()
+        );
+        assert!(commands.iter().all(|c| c.test && c.output.is_some()));
     }
 
     /// Regression: a batch of cached tests (Bazel's local action cache, or the remote cache)

@@ -5,7 +5,7 @@ mod batch_stderr;
 mod build_time;
 mod event_tail;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -72,12 +72,49 @@ impl BazelRunner {
         let mut argv = self.startup.clone();
         argv.push(self.command.clone());
         argv.extend(self.options.iter().cloned());
+        // Every completed action, with its target: what each target costs to build (see
+        // `build_time`). The user's own event file gets only what they asked for.
+        argv.push("--build_event_publish_all_actions".into());
         argv.push(format!("--build_event_json_file={}", events_file.display()));
         argv.push("--".into());
         argv.extend(targets.iter().map(|t| t.to_string()));
         argv.extend(self.negatives.iter().cloned());
         argv
     }
+}
+
+impl BazelRunner {
+    /// What of a batch's events goes to the user's own event file: all of them if they asked
+    /// for every action (`--build_event_publish_all_actions`), else without the successful
+    /// actions we asked for — what their Bazel would have written.
+    fn users_copy<'a>(&self, events: &'a str) -> std::borrow::Cow<'a, str> {
+        let asked = self.options.iter().rev().find_map(|o| match o.as_str() {
+            "--build_event_publish_all_actions" => Some(true),
+            "--nobuild_event_publish_all_actions" => Some(false),
+            _ => o
+                .strip_prefix("--build_event_publish_all_actions=")
+                .map(|v| matches!(v, "true" | "yes" | "1")),
+        });
+        if asked == Some(true) {
+            return events.into();
+        }
+        events
+            .lines()
+            .filter(|line| !is_successful_action(line))
+            .flat_map(|line| [line, "\n"])
+            .collect::<String>()
+            .into()
+    }
+}
+
+/// Whether a build event line is a successful action's (`actionCompleted` with success):
+/// Bazel reports those only with `--build_event_publish_all_actions`; failed ones always.
+fn is_successful_action(line: &str) -> bool {
+    line.contains("\"actionCompleted\"")
+        && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|event| {
+            event["id"].get("actionCompleted").is_some()
+                && event["action"]["success"].as_bool() == Some(true)
+        })
 }
 
 impl TaskRunner for BazelRunner {
@@ -112,7 +149,8 @@ impl TaskRunner for BazelRunner {
                     // What it did before it was stopped is the user's too: results streamed
                     // from it count, and their tests ran nowhere else.
                     if let Some(user) = &self.user_events {
-                        append(user, &std::fs::read_to_string(&events_file).unwrap_or_default());
+                        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+                        append(user, &self.users_copy(&text));
                     }
                     return Vec::new();
                 }
@@ -131,7 +169,7 @@ impl TaskRunner for BazelRunner {
         };
         let events_text = std::fs::read_to_string(&events_file).unwrap_or_default();
         if let Some(user) = &self.user_events {
-            append(user, &events_text);
+            append(user, &self.users_copy(&events_text));
         }
         let events = BatchEvents::parse(&events_text);
         let mut reports: Vec<TaskReport> = tasks
@@ -165,7 +203,7 @@ impl TaskRunner for BazelRunner {
                 }
             })
             .collect();
-        let labels = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
+        let labels: HashMap<u32, &str> = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
         super::test_log::attach_failing_logs(&mut reports, &labels, &events_text);
         // What the targets that reached a verdict at the end cost to build, and what was left:
         // the invocation's own cost (see `BuildTime::next_overhead_ms`: a compile-heavy
@@ -175,9 +213,10 @@ impl TaskRunner for BazelRunner {
             .iter_mut()
             .filter(|r| had_verdict(r.result.outcome))
             .collect();
-        let each = stream.build.share(idle, built.len());
-        for report in built {
-            report.result.build_ms = each;
+        let built_labels: Vec<&str> = built.iter().map(|r| labels[&r.task]).collect();
+        let costs = stream.build.verdicts(idle, &built_labels);
+        for (report, cost) in built.into_iter().zip(costs) {
+            report.result.build_ms = cost;
         }
         self.overhead = Duration::from_millis(stream.build.next_overhead_ms(idle, !self.measured));
         self.measured = true;
@@ -200,6 +239,8 @@ struct Stream {
     events: BatchEvents,
     reported: BTreeSet<u32>,
     started: Instant,
+    /// `started`, in milliseconds since the epoch (what file times are compared with).
+    start_ms: u64,
     build: BuildTime,
 }
 
@@ -210,6 +251,8 @@ impl Stream {
             events: BatchEvents::default(),
             reported: BTreeSet::new(),
             started,
+            start_ms: epoch_ms(std::time::SystemTime::now()).unwrap_or(0)
+                - started.elapsed().as_millis() as u64,
             build: BuildTime::new(overhead.as_millis() as u64),
         }
     }
@@ -229,6 +272,16 @@ impl Stream {
         for line in &lines {
             self.events.add_line(line);
         }
+        let commands: Vec<(String, Option<u64>, bool)> = self
+            .events
+            .take_commands()
+            .into_iter()
+            .map(|c| {
+                let finished = c.output.as_deref().and_then(written_ms);
+                (c.label, finished, c.test)
+            })
+            .collect();
+        self.build.commands_finished(self.start_ms, &commands);
         let mut settled: Vec<TaskReport> = tasks
             .iter()
             .filter(|task| !self.reported.contains(&task.id))
@@ -245,15 +298,28 @@ impl Stream {
         if settled.is_empty() {
             return;
         }
-        let each = self.build.share(self.idle_ms(&self.events), settled.len());
-        let labels = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
+        let labels: HashMap<u32, &str> = tasks.iter().map(|t| (t.id, t.text.as_str())).collect();
+        let settled_labels: Vec<&str> = settled.iter().map(|r| labels[&r.task]).collect();
+        let costs = self
+            .build
+            .verdicts(self.idle_ms(&self.events), &settled_labels);
         super::test_log::attach_failing_logs(&mut settled, &labels, self.tail.text());
-        for mut report in settled {
-            report.result.build_ms = each;
+        for (mut report, cost) in settled.into_iter().zip(costs) {
+            report.result.build_ms = cost;
             self.reported.insert(report.task);
             batch.finished(report);
         }
     }
+}
+
+/// When the file at `path` was last written, in milliseconds since the epoch.
+fn written_ms(path: &std::path::Path) -> Option<u64> {
+    epoch_ms(std::fs::metadata(path).ok()?.modified().ok()?)
+}
+
+fn epoch_ms(time: std::time::SystemTime) -> Option<u64> {
+    let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(since.as_millis() as u64)
 }
 
 /// Whether a target's outcome means Bazel got as far as building it (its cost is known).
@@ -417,12 +483,64 @@ mod tests {
                 "-c",
                 "opt",
                 "--remote_cache=http://c",
+                "--build_event_publish_all_actions",
                 "--build_event_json_file=/tmp/e/batch-1.json",
                 "--",
                 "//a:t",
                 "//b:t",
                 "-//a:suite"
             ]
+        );
+    }
+
+    /// We ask Bazel for every action (what building costs); the user's own event file gets
+    /// what their command asked for: failed actions always, successful ones only on request.
+    #[test]
+    fn the_users_event_file_gets_successful_actions_only_if_they_asked() {
+        let events = concat!(
+            r#"{"id":{"started":{}},"started":{}}"#,
+            "\n",
+            r#"{"id":{"actionCompleted":{"label":"//a:t"}},"action":{"success":true}}"#,
+            "\n",
+            r#"{"id":{"actionCompleted":{"label":"//a:u"}},"action":{"exitCode":1}}"#,
+            "\n",
+        );
+        let runner = |options: &[&str]| BazelRunner {
+            bazel: "bazel".into(),
+            startup: Vec::new(),
+            command: "test".into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            negatives: Vec::new(),
+            builds: BTreeSet::new(),
+            user_events: None,
+            events_dir: "/tmp/e".into(),
+            batches: 0,
+            overhead: INITIAL_OVERHEAD,
+            measured: false,
+            parallelism: 1,
+        };
+        let without = concat!(
+            r#"{"id":{"started":{}},"started":{}}"#,
+            "\n",
+            r#"{"id":{"actionCompleted":{"label":"//a:u"}},"action":{"exitCode":1}}"#,
+            "\n",
+        );
+        assert_eq!(runner(&[]).users_copy(events), without);
+        assert_eq!(
+            runner(&["--build_event_publish_all_actions"]).users_copy(events),
+            events
+        );
+        assert_eq!(
+            runner(&[
+                "--build_event_publish_all_actions=true",
+                "--nobuild_event_publish_all_actions"
+            ])
+            .users_copy(events),
+            without
+        );
+        assert_eq!(
+            runner(&["--build_event_publish_all_actions=yes"]).users_copy(events),
+            events
         );
     }
 }
