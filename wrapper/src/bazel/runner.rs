@@ -456,14 +456,14 @@ mod tests {
         assert_eq!(built(Outcome::NoStatus), Outcome::NoStatus);
     }
 
-    #[test]
-    fn a_batch_is_the_users_command_with_our_targets_and_event_file() {
-        let runner = BazelRunner {
+    /// A runner of `bazel test` with the user's `options`, nothing run yet.
+    fn runner(options: &[&str]) -> BazelRunner {
+        BazelRunner {
             bazel: "/usr/bin/bazel-real".into(),
-            startup: vec!["--output_user_root=/r".into()],
+            startup: Vec::new(),
             command: "test".into(),
-            options: vec!["-c".into(), "opt".into(), "--remote_cache=http://c".into()],
-            negatives: vec!["-//a:suite".into()],
+            options: options.iter().map(|o| o.to_string()).collect(),
+            negatives: Vec::new(),
             builds: BTreeSet::new(),
             user_events: None,
             events_dir: "/tmp/e".into(),
@@ -471,6 +471,15 @@ mod tests {
             overhead: INITIAL_OVERHEAD,
             measured: false,
             parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_the_users_command_with_our_targets_and_event_file() {
+        let runner = BazelRunner {
+            startup: vec!["--output_user_root=/r".into()],
+            negatives: vec!["-//a:suite".into()],
+            ..runner(&["-c", "opt", "--remote_cache=http://c"])
         };
         assert_eq!(
             runner.command_line(
@@ -505,20 +514,6 @@ mod tests {
             r#"{"id":{"actionCompleted":{"label":"//a:u"}},"action":{"exitCode":1}}"#,
             "\n",
         );
-        let runner = |options: &[&str]| BazelRunner {
-            bazel: "bazel".into(),
-            startup: Vec::new(),
-            command: "test".into(),
-            options: options.iter().map(|o| o.to_string()).collect(),
-            negatives: Vec::new(),
-            builds: BTreeSet::new(),
-            user_events: None,
-            events_dir: "/tmp/e".into(),
-            batches: 0,
-            overhead: INITIAL_OVERHEAD,
-            measured: false,
-            parallelism: 1,
-        };
         let without = concat!(
             r#"{"id":{"started":{}},"started":{}}"#,
             "\n",
