@@ -209,9 +209,10 @@ pub struct TaskResult {
     /// [`crate::log_tail::MAX_LOG_TAIL_LINES`] lines and [`crate::log_tail::MAX_LOG_TAIL_BYTES`],
     /// so that every job can show why it failed. Added in protocol version 3.
     pub log_tail: Option<String>,
-    /// What this client spent building what the task needed (compiling, linking: the build
-    /// actions that were not cache hits), in milliseconds, as well as it can tell; 0 when
-    /// unknown or nothing was built. Beside `duration_ms` (the test's own time, as Bazel shows
+    /// What this client spent building the task itself (its own compiling and linking, the
+    /// actions that were not cache hits; a dependency it shares with other tasks is that
+    /// dependency's), in milliseconds, as well as it can tell; 0 when unknown or nothing was
+    /// built. Beside `duration_ms` (the test's own time, as Bazel shows
     /// it), this is what running the task costs, and what the coordinator learns from, so that
     /// compile-heavy targets are not taken for cheap ones. Added in protocol version 5.
     pub build_ms: u64,
