@@ -86,7 +86,7 @@ impl Session {
                 leased,
                 reported: now,
             });
-            self.count_done(task);
+            self.remaining -= 1;
             for loser in losers {
                 tracing::info!(session = %self.key, task, "another copy of a task finished first; aborting this one");
                 if let Some(member) = self.members.get_mut(&loser) {
@@ -136,7 +136,6 @@ impl Session {
             self.touch(index as TaskId);
         }
         self.queue.clear();
-        self.undone = (0, 0);
         self.remaining = 0;
     }
 
