@@ -220,13 +220,18 @@ pub struct TaskResult {
 
 impl TaskResult {
     /// What running the task cost this client, in milliseconds, when it says anything about
-    /// what the task costs: its own time if it executed, plus what was built for it (a cache
-    /// hit that built nothing says nothing).
+    /// what the task costs: its own time if it executed, plus what was built for it. A test
+    /// served from a cache that built nothing says nothing (its next run may execute it).
+    /// A build task that was built says what building it cost, even nothing: its outputs
+    /// were already there (built for the tasks that depend on it) or in the cache, as they
+    /// will be again when it comes after them. Without that, such a task never has a
+    /// duration, and a session that has run before is never wholly known.
     pub fn cost_ms(&self) -> Option<u64> {
-        match (self.executed, self.build_ms) {
-            (true, build) => Some(self.duration_ms + build),
-            (false, 0) => None,
-            (false, build) => Some(build),
+        match (self.executed, self.outcome, self.build_ms) {
+            (true, _, build) => Some(self.duration_ms + build),
+            (false, Outcome::Built, build) => Some(build),
+            (false, _, 0) => None,
+            (false, _, build) => Some(build),
         }
     }
 }
@@ -434,6 +439,34 @@ mod tests {
             token: Some("secret".into()),
             info: ClientInfo::default(),
         })
+    }
+
+    fn result(outcome: Outcome, executed: bool, duration_ms: u64, build_ms: u64) -> TaskResult {
+        TaskResult {
+            outcome,
+            exit_code: None,
+            duration_ms,
+            executed,
+            log_tail: None,
+            build_ms,
+        }
+    }
+
+    #[test]
+    fn what_a_result_says_a_task_costs() {
+        assert_eq!(result(Outcome::Passed, true, 300, 200).cost_ms(), Some(500));
+        assert_eq!(result(Outcome::Passed, false, 300, 200).cost_ms(), Some(200));
+        assert_eq!(result(Outcome::Passed, false, 300, 0).cost_ms(), None);
+        assert_eq!(result(Outcome::Skipped, false, 0, 0).cost_ms(), None);
+        assert_eq!(result(Outcome::Built, false, 0, 900).cost_ms(), Some(900));
+    }
+
+    /// Issue 11: the compiled benchmark's warm sessions had durations for 64 of 67 tasks; the
+    /// three build tasks, built already for the tests that link them, never got one, so a
+    /// session that had run before never counted as wholly known.
+    #[test]
+    fn regression_a_build_task_that_built_nothing_costs_nothing() {
+        assert_eq!(result(Outcome::Built, false, 0, 0).cost_ms(), Some(0));
     }
 
     #[test]
