@@ -125,6 +125,33 @@ pub fn job_batch_target_ms(
     }
 }
 
+/// How much expected work the next batch of one job should hold when every queued task's
+/// duration is known from history (a warm session, past its first result): three quarters of
+/// the job's slots' share of all the work not yet done — the queue and what the other
+/// connected jobs still run (`elsewhere_ms`) — at least three overheads, never more than that
+/// share.
+///
+/// Guided self-scheduling ([`job_batch_target_ms`]) sizes batches from the queue alone, so
+/// batches shrink as work leaves the queue even while it is still running elsewhere: the
+/// compiled benchmark's warm jobs ran ten invocations each at two jobs (a static split ran
+/// one), each paying about a second of Bazel's fixed cost at half a core. With durations
+/// known, a share of the unfinished work lets the jobs finish together in a few batches;
+/// the quarter left out absorbs what the history got wrong, and a straggler's unfinished
+/// remainder is still backed up on idle jobs.
+pub fn warm_batch_target_ms(
+    queued_work_ms: u64,
+    elsewhere_ms: u64,
+    parallelism: u32,
+    connected_parallelism: u64,
+    overhead_ms: u64,
+) -> u64 {
+    let parallelism = u64::from(parallelism.max(1));
+    let slots = connected_parallelism.max(parallelism);
+    let unfinished = u128::from(queued_work_ms) + u128::from(elsewhere_ms);
+    let fair = (unfinished * u128::from(parallelism) / u128::from(slots)) as u64;
+    (fair / 4 * 3).max(overhead_ms.saturating_mul(3)).min(fair)
+}
+
 /// How many tasks from the head of the queue make the next batch: as many as fit in
 /// `target_ms` of expected work (see [`batch_target_ms`]); a task longer than that goes alone.
 /// Always at least one task, at most `limit`.
@@ -335,6 +362,39 @@ mod tests {
         // The longest-task bound is on the batch's work: a 2-core job alone at the start, with
         // 80 s of work and a 7 s test, takes 7 s of work, not two 7 s tests.
         assert_eq!(job_batch_target_ms(80_000, 2, 2, 1000, 7000), 7000);
+    }
+
+    /// Issue 11: warm batches are a share of all the unfinished work, so that jobs finish
+    /// together in few invocations instead of shrinking with the queue.
+    #[test]
+    fn warm_batches_share_the_unfinished_work() {
+        // Two 1-core jobs, 80 s queued, the other job still running 10 s of its batch: this
+        // job's share of the 90 s left is 45 s; it takes three quarters of that.
+        assert_eq!(warm_batch_target_ms(80_000, 10_000, 1, 2, 1000), 33_750);
+        // Guided self-scheduling would give a quarter of the queue at most.
+        assert!(job_batch_target_ms(80_000, 1, 2, 1000, u64::MAX) <= 20_000);
+        // Near the end, with the other job busy for 20 s and 5 s queued: all of the queue.
+        assert_eq!(warm_batch_target_ms(5_000, 20_000, 1, 2, 1000), 9_375);
+        // A 4-core job beside a 1-core one gets four fifths of the share.
+        assert_eq!(warm_batch_target_ms(10_000, 0, 4, 5, 10), 6_000);
+        // Alone, three quarters of the queue.
+        assert_eq!(warm_batch_target_ms(40_000, 0, 1, 1, 1000), 30_000);
+        // The floor of three overheads never beats the share.
+        assert_eq!(warm_batch_target_ms(2_000, 0, 1, 2, 1000), 1_000);
+        for queued in [0, 999, 40_000, 1_000_000] {
+            for elsewhere in [0, 5_000, 1_000_000] {
+                for (mine, all) in [(1, 1), (1, 2), (4, 5), (8, 16)] {
+                    for overhead in [0, 10, 5_000, 100_000] {
+                        let target = warm_batch_target_ms(queued, elsewhere, mine, all, overhead);
+                        let share = (queued + elsewhere) * u64::from(mine) / all;
+                        assert!(
+                            target <= share,
+                            "{queued} {elsewhere} {mine}/{all}: {target}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

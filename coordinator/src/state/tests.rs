@@ -1347,3 +1347,44 @@ fn the_longest_task_bounds_batches_only_until_the_first_result() {
     let third = assignment(&world.request_with_overhead(2, 100, 500), 2).unwrap();
     assert_eq!(third.len(), 9, "{third:?}");
 }
+
+/// Issue 11: with every duration known, batches are a share of all the unfinished work (the
+/// queue and what others still run), not of the queue alone, so the jobs finish together in few
+/// invocations. Two jobs, 20 tasks of 1 s known from history, a 500 ms overhead.
+#[test]
+fn warm_jobs_take_a_share_of_the_unfinished_work() {
+    let schema = schema("s", 20);
+    let mut world = World::new(Policy::default());
+    for task in 0..20 {
+        world
+            .coordinator
+            .history_mut()
+            .record("scope:s", &format!("task-{task}"), 1_000);
+    }
+    world.join(1, "k", &schema);
+    world.join(2, "k", &schema);
+    // Before any result: the longest task bounds a batch (three overheads are 1.5 s).
+    assert_eq!(
+        assignment(&world.request_with_overhead(1, 100, 500), 1).map(|b| b.len()),
+        Some(1)
+    );
+    let first = assignment(&world.request_with_overhead(2, 100, 500), 2).unwrap();
+    world.now += Duration::from_secs(1);
+    world.report(2, passed(&first));
+    // 18 s queued and job 1's 1 s: three quarters of half of 19 s is 7.1 s (guided
+    // self-scheduling would give a quarter of the queue, 4 tasks).
+    let second = assignment(&world.request_with_overhead(2, 100, 500), 2).unwrap();
+    assert_eq!(second.len(), 7, "{second:?}");
+    // Job 1 finishes its task: 11 s queued and job 2's 7 s: 6.75 s.
+    world.report(1, passed(&world.leased_to("k", 1)));
+    let third = assignment(&world.request_with_overhead(1, 100, 500), 1).unwrap();
+    assert_eq!(third.len(), 6, "{third:?}");
+    // Job 2 finishes its 7: 5 s queued and job 1's 6 s: 4.1 s.
+    world.report(2, passed(&second));
+    let fourth = assignment(&world.request_with_overhead(2, 100, 500), 2).unwrap();
+    assert_eq!(fourth.len(), 4, "{fourth:?}");
+    // The last task goes to job 1: three batches each for 20 tasks.
+    world.report(1, passed(&third));
+    let fifth = assignment(&world.request_with_overhead(1, 100, 500), 1).unwrap();
+    assert_eq!(fifth.len(), 1, "{fifth:?}");
+}

@@ -54,6 +54,11 @@ impl Session {
             }
         }
         assert_eq!(self.remaining, not_done, "remaining count");
+        let undone = (0..self.slots.len())
+            .filter(|&task| !matches!(self.slots[task], Slot::Done(_)))
+            .map(|task| self.work_of(task as TaskId))
+            .fold((0, 0), |(ms, w), (k, u)| (ms + k, w + u));
+        assert_eq!(self.undone, undone, "work not done");
         assert_eq!(
             self.queued,
             (known_queued_ms, unknown_queued),

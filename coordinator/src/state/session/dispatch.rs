@@ -64,13 +64,23 @@ impl Session {
                     None => break,
                 }
             } else {
-                let target = scheduler::job_batch_target_ms(
-                    self.queued_work_ms(),
-                    self.members[&idx].parallelism,
-                    self.connected_parallelism,
-                    request.overhead_ms,
-                    self.batch_bound_ms(),
-                );
+                let target = if self.is_warm() {
+                    scheduler::warm_batch_target_ms(
+                        self.queued_work_ms(),
+                        self.leased_work_ms(),
+                        self.members[&idx].parallelism,
+                        self.connected_parallelism,
+                        request.overhead_ms,
+                    )
+                } else {
+                    scheduler::job_batch_target_ms(
+                        self.queued_work_ms(),
+                        self.members[&idx].parallelism,
+                        self.connected_parallelism,
+                        request.overhead_ms,
+                        self.batch_bound_ms(),
+                    )
+                };
                 // Near this job: the groups it has, and the group of the task it starts with.
                 let groups = &self.members[&idx].groups;
                 let head = self.queue.front().and_then(|&t| self.group_of[t as usize]);

@@ -50,6 +50,20 @@ impl Session {
         }
     }
 
+    /// Whether batches can be sized from history ([`scheduler::warm_batch_target_ms`]): every
+    /// queued task's duration is known, and a first result has come in (until then the jobs
+    /// that start together may not all have joined; see [`Session::batch_bound_ms`]).
+    pub(super) fn is_warm(&self) -> bool {
+        self.queued.1 == 0 && self.remaining < self.slots.len()
+    }
+
+    /// The expected work handed out and not done yet: leased to members (connected or away),
+    /// without their results. What is left to do is this and the queue.
+    pub(super) fn leased_work_ms(&self) -> u64 {
+        let undone = self.undone.0 + self.undone.1 * self.stand_in();
+        undone.saturating_sub(self.queued_work_ms())
+    }
+
     /// The expected work in the queue, in milliseconds (`queued` holds the known durations and
     /// the unknown tasks' weights).
     pub(super) fn queued_work_ms(&self) -> u64 {
@@ -58,16 +72,29 @@ impl Session {
 
     /// Counts `task` into (`sign` 1) or out of (-1) the queued work.
     pub(super) fn add_queued(&mut self, task: TaskId, sign: i8) {
-        let (known, unknown) = match self.known[task as usize] {
-            Some(ms) => (ms, 0),
-            None => (0, self.weight(task as usize)),
-        };
+        let (known, unknown) = self.work_of(task);
         if sign > 0 {
             self.queued.0 += known;
             self.queued.1 += unknown;
         } else {
             self.queued.0 -= known;
             self.queued.1 -= unknown;
+        }
+    }
+
+    /// Counts `task`, which has its result now, out of the work not done.
+    pub(super) fn count_done(&mut self, task: TaskId) {
+        let (known, unknown) = self.work_of(task);
+        self.undone.0 -= known;
+        self.undone.1 -= unknown;
+        self.remaining -= 1;
+    }
+
+    /// What `task` adds to `queued` or `undone`: its known duration, else its weight.
+    pub(super) fn work_of(&self, task: TaskId) -> (u64, u64) {
+        match self.known[task as usize] {
+            Some(ms) => (ms, 0),
+            None => (0, self.weight(task as usize)),
         }
     }
 }

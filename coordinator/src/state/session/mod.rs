@@ -143,6 +143,8 @@ pub(crate) struct Session {
     queue: VecDeque<TaskId>,
     /// The known work in `queue`, in milliseconds, and how many queued tasks are unknown.
     queued: (u64, u64),
+    /// The same for every task without a result, queued or leased: what is left to do.
+    undone: (u64, u64),
     /// Every client that joined, connected or away. A `BTreeMap` so that iteration order, and
     /// so every decision, is deterministic.
     members: BTreeMap<MemberIdx, Member>,
@@ -241,6 +243,15 @@ impl Session {
             .max()
             .unwrap_or(1);
         tracing::info!(session = %key, tasks = count, with_history = known_count, "scheduling");
+        let work = (
+            known.iter().flatten().sum(),
+            known
+                .iter()
+                .zip(&weights)
+                .filter(|(k, _)| k.is_none())
+                .map(|(_, &w)| u64::from(w))
+                .sum(),
+        );
         let mut session = Session {
             key,
             schema: Arc::new(schema),
@@ -249,15 +260,8 @@ impl Session {
             run,
             fail_fast,
             scheduling,
-            queued: (
-                known.iter().flatten().sum(),
-                known
-                    .iter()
-                    .zip(&weights)
-                    .filter(|(k, _)| k.is_none())
-                    .map(|(_, &w)| u64::from(w))
-                    .sum(),
-            ),
+            queued: work,
+            undone: work,
             known: known.to_vec(),
             initial_stand_in,
             heaviest_unknown,

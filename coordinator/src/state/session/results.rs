@@ -86,7 +86,7 @@ impl Session {
                 leased,
                 reported: now,
             });
-            self.remaining -= 1;
+            self.count_done(task);
             for loser in losers {
                 tracing::info!(session = %self.key, task, "another copy of a task finished first; aborting this one");
                 if let Some(member) = self.members.get_mut(&loser) {
@@ -136,6 +136,7 @@ impl Session {
             self.touch(index as TaskId);
         }
         self.queue.clear();
+        self.undone = (0, 0);
         self.remaining = 0;
     }
 

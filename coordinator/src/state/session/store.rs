@@ -87,7 +87,7 @@ impl Session {
                 session.add_queued(task, -1);
             }
             if matches!(slot, Slot::Done(_)) {
-                session.remaining -= 1;
+                session.count_done(task);
             }
             session.slots[index] = slot;
         }
