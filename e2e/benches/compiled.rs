@@ -40,8 +40,9 @@
 //! share's baseline and after each N's runs, which also shows how far the machine's speed
 //! drifted; N = 1 and 2 share a baseline).
 //!
-//! Ours and the previous scheduler run in turns (cold, cold, warm, warm), so that neither gets
-//! all of a slow stretch of this machine.
+//! Ours and the previous scheduler run in mirrored turns (ours cold, previous cold, previous
+//! warm, ours warm), so that neither gets all of a slow stretch of this machine, nor always
+//! goes first while it speeds up or slows down.
 //!
 //! Run: `scripts/bench.sh compiled` (as root, for the cgroups; about 25 minutes);
 //! `BENCH_MACHINES=2,4` runs only those N; `BENCH_TIMELINE=1` adds every invocation of every run.
@@ -709,10 +710,11 @@ fn benchmark() -> Result<()> {
             .as_ref()
             .filter(|_| n > 1)
             .map(|dir| (dir.join("coordinator"), dir.join("task-sharding")));
-        // Both coordinators up front, their runs in turns (ours cold, previous cold, ours warm,
-        // previous warm): this machine's speed drifts within a benchmark run (the same baseline
-        // took 54.6 s in one run and 63.6 s in another), and in turns neither scheduler gets
-        // all of a slow stretch.
+        // Both coordinators up front, their runs in turns and mirrored (ours cold, previous
+        // cold, previous warm, ours warm): this machine's speed drifts within a benchmark run
+        // (the same baseline took 54.6 s in one run and 63.6 s in another), and in mirrored
+        // turns neither scheduler gets all of a slow stretch, nor always goes first while the
+        // machine speeds up or slows down.
         let mut contenders = Vec::new();
         for (which, bins) in [("ours", Some(ours_bins)), ("previous", previous_bins)] {
             let Some((coordinator, wrapper)) = bins else {
@@ -723,6 +725,9 @@ fn benchmark() -> Result<()> {
         }
         let mut scheduled = Vec::new();
         for temperature in ["cold", "warm"] {
+            if temperature == "warm" {
+                contenders.reverse();
+            }
             for (which, coordinator, wrapper) in &contenders {
                 let name = format!("{which}, {temperature}");
                 eprintln!("N={n}: {name} ...");
