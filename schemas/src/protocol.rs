@@ -455,7 +455,10 @@ mod tests {
     #[test]
     fn what_a_result_says_a_task_costs() {
         assert_eq!(result(Outcome::Passed, true, 300, 200).cost_ms(), Some(500));
-        assert_eq!(result(Outcome::Passed, false, 300, 200).cost_ms(), Some(200));
+        assert_eq!(
+            result(Outcome::Passed, false, 300, 200).cost_ms(),
+            Some(200)
+        );
         assert_eq!(result(Outcome::Passed, false, 300, 0).cost_ms(), None);
         assert_eq!(result(Outcome::Skipped, false, 0, 0).cost_ms(), None);
         assert_eq!(result(Outcome::Built, false, 0, 900).cost_ms(), Some(900));
