@@ -61,6 +61,7 @@ fn regression_a_targets_build_cost_is_its_own_compiling() {
         overhead: INITIAL_OVERHEAD,
         measured: false,
         parallelism: 1,
+        compiled: BTreeSet::new(),
     };
     // The light test first: its verdict comes first, after `//core` and (Bazel's order)
     // perhaps the heavy test's compile.
@@ -118,5 +119,119 @@ fn regression_a_targets_build_cost_is_its_own_compiling() {
     assert!(
         2 * light_cost < core,
         "the light test did not get core's compiling: {why}"
+    );
+}
+
+/// Issue 11: a batch told to compile first (a library its tests link is being built by another
+/// job) compiles the tests' own sources in a pass of its own — only theirs, not the library's —
+/// and then runs them, the objects not compiled again; what the pass compiled is still each
+/// test's build cost, and the verdicts are the batch's as ever.
+#[test]
+fn a_batch_told_to_compile_first_compiles_its_own_sources_then_runs() {
+    let _serial = begin("a_batch_told_to_compile_first_compiles_its_own_sources_then_runs");
+    let workspace = CompiledWorkspace::generate(7, 6, 6_000, 600);
+    let heavy = workspace.tests.iter().max_by_key(|t| t.compile_ms).unwrap();
+    let light = workspace.tests.iter().min_by_key(|t| t.compile_ms).unwrap();
+    let source = tempfile::tempdir().unwrap();
+    workspace.write(source.path()).unwrap();
+    let checkout = Checkout::of("compile-first", source.path()).unwrap();
+    let events = tempfile::tempdir().unwrap();
+    let mut runner = BazelRunner {
+        bazel: BAZEL_REAL.into(),
+        startup: vec![checkout.startup_option()],
+        command: "test".into(),
+        options: vec![
+            "--local_cpu_resources=1".into(),
+            "--local_test_jobs=1".into(),
+        ],
+        negatives: Vec::new(),
+        builds: BTreeSet::new(),
+        user_events: None,
+        events_dir: events.path().into(),
+        batches: 0,
+        overhead: INITIAL_OVERHEAD,
+        measured: false,
+        parallelism: 1,
+        compiled: [&heavy.label, &light.label, "//core:core"]
+            .iter()
+            .map(|l| l.to_string())
+            .collect(),
+    };
+    let tasks: Vec<AssignedTask> = [&heavy.label, &light.label]
+        .iter()
+        .zip(0..)
+        .map(|(text, id)| AssignedTask {
+            id,
+            text: text.to_string(),
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (sender, mut streamed) = tokio::sync::mpsc::unbounded_channel();
+    let reports = runtime.block_on(async {
+        std::env::set_current_dir(&checkout.workspace).unwrap();
+        let mut batch = Batch::new(CancellationToken::new(), sender);
+        batch.compile_first = true;
+        tokio::time::timeout(Duration::from_secs(600), runner.run(&tasks, batch))
+            .await
+            .expect("the batch did not finish in 10 minutes")
+    });
+    let mut results = HashMap::new();
+    while let Ok(report) = streamed.try_recv() {
+        results.insert(tasks[report.task as usize].text.clone(), report.result);
+    }
+    for report in reports {
+        results
+            .entry(tasks[report.task as usize].text.clone())
+            .or_insert(report.result);
+    }
+    let commands = |file: &str| -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(events.path().join(file)).unwrap_or_default();
+        wrapper::bazel::bep::BatchEvents::parse(&text)
+            .take_commands()
+            .into_iter()
+            .map(|c| {
+                let output = c
+                    .output
+                    .map(|o| o.display().to_string())
+                    .unwrap_or_default();
+                (c.label, output)
+            })
+            .collect()
+    };
+    let (compiled, ran) = (commands("batch-1-compile.json"), commands("batch-1.json"));
+    let why = format!("compile pass {compiled:?}; batch {ran:?}; results {results:?}");
+    assert_eq!(results.len(), 2, "both reported: {why}");
+    assert!(
+        results
+            .values()
+            .all(|r| r.outcome.is_success() && r.executed),
+        "both passed: {why}"
+    );
+    // The pass compiled each test's sources and nothing of `//core`.
+    for label in [&heavy.label, &light.label] {
+        assert!(
+            compiled
+                .iter()
+                .any(|(l, o)| l == label && o.ends_with(".o")),
+            "{label} compiled first: {why}"
+        );
+    }
+    assert!(
+        compiled
+            .iter()
+            .all(|(l, o)| l != "//core:core" && o.ends_with(".o")),
+        "only the tests' object files: {why}"
+    );
+    // The batch built `//core` and linked, and compiled no test source again.
+    assert!(ran.iter().any(|(l, _)| l == "//core:core"), "{why}");
+    assert!(
+        !ran.iter()
+            .any(|(l, o)| (l == &heavy.label || l == &light.label) && o.ends_with(".o")),
+        "no test source compiled twice: {why}"
+    );
+    // What the pass compiled is each test's cost: the heavy one's compile is its own.
+    assert!(
+        results[&heavy.label].build_ms > 2 * results[&light.label].build_ms,
+        "the heavy test's compiling counted: {why}"
     );
 }

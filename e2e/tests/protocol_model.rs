@@ -156,7 +156,10 @@ fn result_of(client: usize, task: TaskId) -> TaskResult {
 }
 
 fn schema() -> Schema {
-    Schema::new("model", (0..TASKS).map(|i| format!("task-{i}"))).unwrap()
+    let mut schema = Schema::new("model", (0..TASKS).map(|i| format!("task-{i}"))).unwrap();
+    // A prerequisite has the others told to compile first; nothing else may change.
+    schema.tasks[1].prerequisite = true;
+    schema
 }
 
 impl Model {
@@ -237,7 +240,7 @@ impl Model {
                     self.drop_connection(client, false);
                     self.clients[client].connecting = true;
                 }
-                Action::StartBatch(tasks) => {
+                Action::StartBatch(tasks, _) => {
                     let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
                     for id in &ids {
                         prop_assert!(

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::schema::{Schema, SchemaDigest};
 
 /// The version of this protocol. Bump it on any change to the messages' encoding.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The TLS application protocol (ALPN) that names this protocol. It stays the same across
 /// [`PROTOCOL_VERSION`]s from 2 on, so that a peer of another version gets through TLS and is
@@ -379,6 +379,11 @@ pub struct Assignment {
     pub tasks: Vec<TaskId>,
     /// The session's progress when they were handed out.
     pub progress: Progress,
+    /// A prerequisite ([`crate::Task::prerequisite`]) is being built by another client right
+    /// now: compile what these tasks need only its headers for first, and build the rest
+    /// after, when the prerequisite can come from the shared cache instead of being built here
+    /// too. Added in protocol version 7.
+    pub compile_first: bool,
 }
 
 /// How far a session is, for progress lines.
@@ -558,6 +563,7 @@ mod tests {
                     total: 2,
                     clients: 1,
                 },
+                compile_first: true,
             }),
             ServerMessage::Abort(vec![1]),
             ServerMessage::NeedSchema,

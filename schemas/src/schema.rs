@@ -65,6 +65,12 @@ pub struct Task {
     /// that less is built twice. Any text, checked like a task's.
     #[serde(default)]
     pub group: Option<String>,
+    /// Built, not tested, and likely needed by the tested tasks (a library they link): the
+    /// coordinator hands these out first, and tells a job given tasks while one is still being
+    /// built elsewhere to compile what needs only its headers first — so that jobs starting
+    /// together build it once, and the others fetch it from the shared cache.
+    #[serde(default)]
+    pub prerequisite: bool,
 }
 
 /// The largest weight a task may have: enough for any prior, small enough that weighted sums
@@ -78,6 +84,7 @@ impl Task {
             task: text.into(),
             weight: None,
             group: None,
+            prerequisite: false,
         }
     }
 
@@ -87,6 +94,7 @@ impl Task {
             task: text.into(),
             weight: Some(weight),
             group: None,
+            prerequisite: false,
         }
     }
 
@@ -141,6 +149,8 @@ impl Schema {
             weight: Option<u32>,
             #[serde(skip_serializing_if = "Option::is_none")]
             group: Option<&'a str>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            prerequisite: bool,
         }
         #[derive(Serialize)]
         struct YamlSchema<'a> {
@@ -156,6 +166,7 @@ impl Schema {
                     task: &t.task,
                     weight: t.weight,
                     group: t.group.as_deref(),
+                    prerequisite: t.prerequisite,
                 })
                 .collect(),
         };
@@ -252,6 +263,16 @@ impl Schema {
                 hasher.update(index.to_le_bytes());
                 hasher.update((group.len() as u64).to_le_bytes());
                 hasher.update(group.as_bytes());
+            }
+        }
+        // Prerequisites likewise.
+        let mut prerequisites = (0..self.tasks.len() as u64)
+            .filter(|&i| self.tasks[i as usize].prerequisite)
+            .peekable();
+        if prerequisites.peek().is_some() {
+            hasher.update((u64::MAX - 2).to_le_bytes());
+            for index in prerequisites {
+                hasher.update(index.to_le_bytes());
             }
         }
         SchemaDigest(hasher.finalize().into())
@@ -521,6 +542,19 @@ mod tests {
             error.contains("group") && error.contains("control"),
             "{error}"
         );
+    }
+
+    /// Issue 11: a prerequisite is read, written back (only when set) and part of the digest.
+    #[test]
+    fn prerequisites_are_optional_and_digested() {
+        let yaml = "name: g\ntasks:\n  - task: a\n    prerequisite: true\n  - task: b\n";
+        let schema = Schema::from_yaml(yaml).unwrap();
+        assert!(schema.tasks[0].prerequisite);
+        assert!(!schema.tasks[1].prerequisite);
+        assert_eq!(Schema::from_yaml(&schema.to_yaml()).unwrap(), schema);
+        let plain = Schema::new("g", ["a", "b"]).unwrap();
+        assert!(!plain.to_yaml().contains("prerequisite"));
+        assert_ne!(schema.digest(), plain.digest());
     }
 
     #[test]

@@ -124,11 +124,13 @@ pub async fn run_session<R: TaskRunner>(
         match shell.act().await {
             Next::Finish(result) => break result,
             Next::Wait => shell.wait().await,
-            Next::Run(tasks) => {
+            Next::Run(tasks, compile_first) => {
                 shell.abort = CancellationToken::new();
                 let (sender, mut finished) = tokio::sync::mpsc::unbounded_channel();
                 let reports = {
-                    let run = runner.run(&tasks, Batch::new(shell.abort.clone(), sender));
+                    let mut batch = Batch::new(shell.abort.clone(), sender);
+                    batch.compile_first = compile_first;
+                    let run = runner.run(&tasks, batch);
                     tokio::pin!(run);
                     // The coordinator is still listened to while the batch runs, so an abort
                     // reaches the runner, and a lost connection is made again meanwhile; each
@@ -179,8 +181,8 @@ fn now() -> std::time::Instant {
 enum Next {
     /// Wait for something to happen.
     Wait,
-    /// Run this batch.
-    Run(Vec<crate::runner::AssignedTask>),
+    /// Run this batch, compiling first if told to.
+    Run(Vec<crate::runner::AssignedTask>, bool),
     /// The run is over.
     Finish(Result<SessionReport, ClientError>),
 }
@@ -230,7 +232,7 @@ impl<'a, F: FnMut(Event)> Shell<'a, F> {
                         Connection::connect(connect).await.map(|(c, _welcome)| c)
                     }));
                 }
-                Action::StartBatch(tasks) => return Next::Run(tasks),
+                Action::StartBatch(tasks, compile_first) => return Next::Run(tasks, compile_first),
                 Action::AbortBatch => self.abort.cancel(),
                 Action::Emit(event) => (self.on_event)(event),
                 Action::Finish(result) => return Next::Finish(result),

@@ -31,6 +31,9 @@ pub struct AssignedTask {
 pub struct Batch {
     /// Fires when the runner is to stop (see [`TaskRunner::run`]).
     pub abort: CancellationToken,
+    /// A prerequisite is being built elsewhere: compile first, if the runner can tell compiling
+    /// from the rest (see [`schemas::Assignment::compile_first`]).
+    pub compile_first: bool,
     finished: Option<mpsc::UnboundedSender<TaskReport>>,
 }
 
@@ -39,6 +42,7 @@ impl Batch {
     pub fn new(abort: CancellationToken, finished: mpsc::UnboundedSender<TaskReport>) -> Batch {
         Batch {
             abort,
+            compile_first: false,
             finished: Some(finished),
         }
     }
@@ -48,6 +52,7 @@ impl Batch {
     pub fn unstreamed(abort: CancellationToken) -> Batch {
         Batch {
             abort,
+            compile_first: false,
             finished: None,
         }
     }

@@ -162,7 +162,16 @@ impl Model {
             slots: (0..CLIENTS).map(|_| Slot::default()).collect(),
             schemas: SESSIONS
                 .iter()
-                .map(|name| Schema::new(*name, (0..TASKS).map(|i| format!("task-{i}"))).unwrap())
+                .map(|name| {
+                    let mut schema =
+                        Schema::new(*name, (0..TASKS).map(|i| format!("task-{i}"))).unwrap();
+                    // Prerequisites head the queue and have others compile first: the same
+                    // accounting must hold.
+                    for task in schema.tasks.iter_mut().step_by(3) {
+                        task.prerequisite = true;
+                    }
+                    schema
+                })
                 .collect(),
             assigned_to: BTreeMap::new(),
             reports: BTreeMap::new(),

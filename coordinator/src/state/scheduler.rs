@@ -57,13 +57,32 @@ pub fn fill_estimates(
     (estimates, per_unit.len(), unit)
 }
 
-/// The initial queue: task ids in the given order. Ties keep the schema's order.
-pub fn initial_queue(estimates: &[u64], order: Order) -> VecDeque<TaskId> {
+/// The initial queue: task ids in the given order. Ties keep the schema's order. Longest
+/// first puts the prerequisites (`prerequisite[id]`: what the other tasks likely need built)
+/// ahead of the rest, longest first among themselves: built first, by one job each, they are
+/// in the shared cache by the time the others link them.
+pub fn initial_queue(estimates: &[u64], prerequisite: &[bool], order: Order) -> VecDeque<TaskId> {
     let mut ids: Vec<TaskId> = (0..estimates.len() as TaskId).collect();
     if order == Order::LongestFirst {
-        ids.sort_by_key(|&id| std::cmp::Reverse(estimates[id as usize]));
+        ids.sort_by_key(|&id| {
+            (
+                !prerequisite.get(id as usize).copied().unwrap_or(false),
+                std::cmp::Reverse(estimates[id as usize]),
+            )
+        });
     }
     ids.into()
+}
+
+/// The least expected work for a batch whose job compiles first while a prerequisite is being
+/// built elsewhere (`pending_ms`: what the longest such build is still expected to take): half
+/// as much again, so that what the job compiles before it builds anything that needs the
+/// prerequisite covers it — then the prerequisite comes from the shared cache rather than
+/// being built a second time. Never more than `fair_ms`, the job's share of the queue.
+pub fn compile_first_target_ms(target_ms: u64, pending_ms: u64, fair_ms: u64) -> u64 {
+    target_ms
+        .max(pending_ms.saturating_mul(3) / 2)
+        .min(fair_ms.max(target_ms))
 }
 
 /// How much expected work the next batch should hold, in milliseconds, for `clients` jobs
@@ -257,7 +276,7 @@ mod tests {
         assert_eq!(count, 0);
         assert_eq!(estimates, [1000, 4000, 1000, 2000, 4000, 1000]);
         assert_eq!(
-            initial_queue(&estimates, Order::LongestFirst),
+            initial_queue(&estimates, &[], Order::LongestFirst),
             [1, 4, 3, 0, 2, 5]
         );
     }
@@ -276,10 +295,39 @@ mod tests {
     fn longest_first_with_stable_ties() {
         let estimates = [5, 50, 5, 500, 50];
         assert_eq!(
-            initial_queue(&estimates, Order::LongestFirst),
+            initial_queue(&estimates, &[], Order::LongestFirst),
             [3, 1, 4, 0, 2]
         );
-        assert_eq!(initial_queue(&estimates, Order::Listed), [0, 1, 2, 3, 4]);
+        assert_eq!(
+            initial_queue(&estimates, &[], Order::Listed),
+            [0, 1, 2, 3, 4]
+        );
+    }
+
+    /// Issue 11: prerequisites come first, longest first among themselves; the rest follow
+    /// longest first. The schema's order is kept when asked for.
+    #[test]
+    fn prerequisites_head_the_queue() {
+        let estimates = [5, 1, 9, 3, 7];
+        let prerequisite = [false, true, false, true, false];
+        assert_eq!(
+            initial_queue(&estimates, &prerequisite, Order::LongestFirst),
+            [3, 1, 2, 4, 0]
+        );
+        assert_eq!(
+            initial_queue(&estimates, &prerequisite, Order::Listed),
+            [0, 1, 2, 3, 4]
+        );
+    }
+
+    /// Issue 11: compiling first covers the prerequisite's build, within the job's share.
+    #[test]
+    fn a_compile_first_batch_covers_the_pending_build() {
+        assert_eq!(compile_first_target_ms(2_000, 8_000, 50_000), 12_000);
+        assert_eq!(compile_first_target_ms(20_000, 8_000, 50_000), 20_000);
+        assert_eq!(compile_first_target_ms(2_000, 8_000, 10_000), 10_000);
+        // Never below what it would have been.
+        assert_eq!(compile_first_target_ms(2_000, 8_000, 1_000), 2_000);
     }
 
     #[test]

@@ -144,6 +144,17 @@ fn assignment(actions: &[Action], conn: u64) -> Option<Vec<TaskId>> {
     })
 }
 
+/// Whether the assignment sent on `conn` says to compile first.
+fn compile_first(actions: &[Action], conn: u64) -> Option<bool> {
+    actions.iter().find_map(|action| match action {
+        Action::Send(c, message) if *c == ConnId(conn) => match &**message {
+            ServerMessage::Assignment(assignment) => Some(assignment.compile_first),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 fn complete_report(actions: &[Action], conn: u64) -> Option<SessionReport> {
     actions.iter().find_map(|action| match action {
         Action::Send(c, message) if *c == ConnId(conn) => match &**message {
@@ -1277,6 +1288,36 @@ fn a_job_is_kept_to_the_groups_it_already_has() {
             world.report(conn, passed(&batch));
         }
     }
+}
+
+/// Issue 11: a prerequisite (a library the tests link) is handed out before everything else,
+/// even a longer test; a job given work while it is being built elsewhere is told to compile
+/// first, with a batch large enough that its compiling covers the prerequisite's build (half
+/// as much again: here more than the longest-task bound of the session's start would give);
+/// the job building it is not told, nor is anyone once it is built.
+#[test]
+fn prerequisites_go_first_and_the_others_compile_first_meanwhile() {
+    let mut schema = schema("s", 42);
+    // Task 0 the longest (weight 10), the prerequisite listed last (weight 8), 1-unit tests.
+    schema.tasks[0].weight = Some(10);
+    schema.tasks[41].weight = Some(8);
+    schema.tasks[41].prerequisite = true;
+    let mut world = World::new(Policy::default());
+    for conn in 1..=3 {
+        world.join(conn, "k", &schema);
+    }
+    let first = world.request_with_overhead(1, 100, 10);
+    assert_eq!(assignment(&first, 1), Some(vec![41]));
+    assert_eq!(compile_first(&first, 1), Some(false));
+    let second = world.request_with_overhead(2, 100, 10);
+    let batch = assignment(&second, 2).unwrap();
+    assert_eq!(compile_first(&second, 2), Some(true));
+    // The longest test and at least two more: 12 units, not the 10 of the longest alone.
+    assert!(batch.contains(&0) && batch.len() >= 3, "{batch:?}");
+    world.report(1, passed(&[41]));
+    let third = world.request_with_overhead(3, 100, 10);
+    assert!(assignment(&third, 3).is_some());
+    assert_eq!(compile_first(&third, 3), Some(false));
 }
 
 /// Issue 11: batches are sized in expected wall time on the job. One 1-core job holds the

@@ -178,8 +178,15 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         Ok(schema) => schema,
         Err(e) => return fall_back(&format!("cannot shard these targets: {e}")),
     };
+    let tested: std::collections::BTreeSet<&String> = plan.tests.iter().collect();
     for task in &mut schema.tasks {
         task.weight = plan.weights.get(&task.task).copied();
+        // A C++ library `bazel test` builds is likely linked by its tests: built first, by one
+        // job, while the others compile their own sources (see `BazelRunner::compile_first`).
+        task.prerequisite = command == "test"
+            && !tested.contains(&task.task)
+            && plan.compiled.contains(&task.task)
+            && !plan.tests.is_empty();
         // A package's targets share its libraries: jobs are preferably kept to packages.
         task.group = package_of(&task.task).map(str::to_string);
     }
@@ -215,6 +222,7 @@ async fn shard(bazel: &Path, args: &[String], invocation: &Invocation) -> i32 {
         overhead: runner::INITIAL_OVERHEAD,
         measured: false,
         parallelism: plan.parallelism.unwrap_or(1),
+        compiled: plan.compiled.clone(),
     };
     let session = SessionOptions {
         max_batch: MAX_BATCH,

@@ -33,6 +33,10 @@ pub struct Plan {
     /// Each test's weight, from its `size` (small 1, medium 2, large 4, enormous 8): the prior
     /// that orders a cold queue, heaviest first, before any timing history exists.
     pub weights: std::collections::BTreeMap<String, u32>,
+    /// The C++ rules among them (`cc_library`, `cc_test`, `cc_binary`): compiling their own
+    /// sources needs only their dependencies' headers (their `compilation_outputs` output
+    /// group), linking needs the dependencies built.
+    pub compiled: std::collections::BTreeSet<String>,
     /// Errors Bazel printed while loading or analysing, with `-k` (without `-k` it stops, and
     /// the plan is empty): the session cannot pass, as the plain run would not.
     pub errors: Vec<String>,
@@ -168,6 +172,9 @@ pub fn parse(
         };
         let kind = event["configured"]["targetKind"].as_str().unwrap_or("");
         let test_rule = kind.ends_with("_test rule");
+        if kind.starts_with("cc_") && kind.ends_with(" rule") {
+            plan.compiled.insert(label.to_string());
+        }
         if test_rule && testing {
             plan.tests.push(label.to_string());
             if let Some(weight) = size_weight(event["configured"]["testSize"].as_str()) {
@@ -357,6 +364,12 @@ mod tests {
         assert_eq!(plan.weights.get("//a:small"), Some(&1));
         assert_eq!(plan.weights.get("//a:large"), Some(&4));
         assert_eq!(plan.weights.get("//a:lib"), None);
+        // The C++ rule is one whose own sources compile apart from linking.
+        assert_eq!(
+            plan.compiled.iter().collect::<Vec<_>>(),
+            ["//a:lib"],
+            "only C++ rules"
+        );
     }
 
     #[test]

@@ -58,7 +58,15 @@ pub struct BazelRunner {
     pub measured: bool,
     /// How many tests one batch runs at once (see [`super::plan::Plan::parallelism`]).
     pub parallelism: u32,
+    /// The targets whose own sources Bazel compiles apart from linking them (C++ rules: their
+    /// `compilation_outputs` output group), which a batch told to compile first compiles
+    /// before the rest (see [`BazelRunner::compile_first_line`]).
+    pub compiled: BTreeSet<String>,
 }
+
+/// The test tag a compile-first pass filters on: no test has it, so the pass runs none and
+/// builds its targets as plain targets, only the output groups it asks for.
+const COMPILE_ONLY_TAG: &str = "task-sharding-compile-first-runs-no-test";
 
 /// How often a running batch's event file is read for results to report.
 const STREAM_EVERY: Duration = Duration::from_millis(200);
@@ -80,6 +88,94 @@ impl BazelRunner {
         argv.extend(targets.iter().map(|t| t.to_string()));
         argv.extend(self.negatives.iter().cloned());
         argv
+    }
+
+    /// The argv for compiling `targets`' own sources only, before their batch, while a
+    /// prerequisite they link is being built by another job: the user's own command
+    /// (`bazel test`, so that the same bazelrc sections and options apply and the analysis
+    /// stays cached for the batch), building only the `compilation_outputs` output group —
+    /// object files, which need the prerequisite's headers, not the prerequisite built — and
+    /// running no test: the tag filter matches none, and `--nobuild_tests_only` has the
+    /// filtered tests built all the same. Bazel exits 4 (no test ran); the batch after it
+    /// gives the verdicts, a compile error included.
+    pub fn compile_first_line(
+        &self,
+        targets: &[&str],
+        events_file: &std::path::Path,
+    ) -> Vec<String> {
+        let mut argv = self.startup.clone();
+        argv.push(self.command.clone());
+        argv.extend(self.options.iter().cloned());
+        argv.extend([
+            "--nobuild_tests_only".to_string(),
+            format!("--test_tag_filters={COMPILE_ONLY_TAG}"),
+            "--output_groups=compilation_outputs".into(),
+            "--build_event_publish_all_actions".into(),
+            format!("--build_event_json_file={}", events_file.display()),
+            "--".into(),
+        ]);
+        argv.extend(targets.iter().map(|t| t.to_string()));
+        argv.extend(self.negatives.iter().cloned());
+        argv
+    }
+
+    /// Compiles the batch's compiled targets first (see [`BazelRunner::compile_first_line`])
+    /// and gives what each compile took to `stream`. Its output is not shown: the batch after
+    /// it builds the same targets and reports what went wrong, once. `false` if aborted.
+    async fn compile_first(
+        &self,
+        tasks: &[AssignedTask],
+        batch: &Batch,
+        stream: &mut Stream,
+    ) -> bool {
+        let targets: Vec<&str> = tasks
+            .iter()
+            .map(|t| t.text.as_str())
+            .filter(|t| self.compiled.contains(*t))
+            .collect();
+        if targets.is_empty() || self.command != "test" {
+            return true;
+        }
+        eprintln!(
+            "task-sharding: compiling {} targets first: a library they link is being built by \
+             another job",
+            targets.len()
+        );
+        let events_file = self
+            .events_dir
+            .join(format!("batch-{}-compile.json", self.batches));
+        let mut command = Command::new(&self.bazel);
+        command
+            .args(self.compile_first_line(&targets, &events_file))
+            .env(WRAPPED_MARKER, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let Ok(mut child) = command.spawn() else {
+            return true;
+        };
+        tokio::select! {
+            _ = child.wait() => {}
+            () = batch.abort.cancelled() => {
+                terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
+                return false;
+            }
+        }
+        let mut events =
+            BatchEvents::parse(&std::fs::read_to_string(&events_file).unwrap_or_default());
+        let commands: Vec<(String, Option<u64>, bool)> = events
+            .take_commands()
+            .into_iter()
+            .map(|c| {
+                let finished = c.output.as_deref().and_then(written_ms);
+                (c.label, finished, c.test)
+            })
+            .collect();
+        stream.build.commands_finished(stream.start_ms, &commands);
+        let now = epoch_ms(std::time::SystemTime::now()).unwrap_or(0);
+        stream.build.invocation_started(now);
+        true
     }
 }
 
@@ -123,6 +219,10 @@ impl TaskRunner for BazelRunner {
         let events_file = self.events_dir.join(format!("batch-{}.json", self.batches));
         let labels: Vec<&str> = tasks.iter().map(|t| t.text.as_str()).collect();
         let started = Instant::now();
+        let mut stream = Stream::new(&events_file, started, self.overhead);
+        if batch.compile_first && !self.compile_first(tasks, &batch, &mut stream).await {
+            return Vec::new();
+        }
         let mut command = Command::new(&self.bazel);
         command
             .args(self.command_line(&labels, &events_file))
@@ -138,7 +238,6 @@ impl TaskRunner for BazelRunner {
             }
         };
         let stderr = batch_stderr::Forwarder::start(&mut child);
-        let mut stream = Stream::new(&events_file, started, self.overhead);
         let mut tick = tokio::time::interval(STREAM_EVERY);
         let status = loop {
             tokio::select! {
@@ -471,6 +570,7 @@ mod tests {
             overhead: INITIAL_OVERHEAD,
             measured: false,
             parallelism: 1,
+            compiled: BTreeSet::new(),
         }
     }
 
@@ -497,6 +597,35 @@ mod tests {
                 "--",
                 "//a:t",
                 "//b:t",
+                "-//a:suite"
+            ]
+        );
+    }
+
+    /// Issue 11: compiling first is the user's own `bazel test` (their options, bazelrc and
+    /// negative patterns), building the object files only and running no test; the user's
+    /// `--build_tests_only` (which would build nothing when no test is selected) is undone.
+    #[test]
+    fn a_compile_first_pass_is_the_users_test_command_building_objects_only() {
+        let runner = BazelRunner {
+            startup: vec!["--output_user_root=/r".into()],
+            negatives: vec!["-//a:suite".into()],
+            ..runner(&["--build_tests_only", "--remote_cache=http://c"])
+        };
+        assert_eq!(
+            runner.compile_first_line(&["//a:t"], std::path::Path::new("/tmp/e/c.json")),
+            [
+                "--output_user_root=/r",
+                "test",
+                "--build_tests_only",
+                "--remote_cache=http://c",
+                "--nobuild_tests_only",
+                "--test_tag_filters=task-sharding-compile-first-runs-no-test",
+                "--output_groups=compilation_outputs",
+                "--build_event_publish_all_actions",
+                "--build_event_json_file=/tmp/e/c.json",
+                "--",
+                "//a:t",
                 "-//a:suite"
             ]
         );

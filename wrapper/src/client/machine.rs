@@ -63,8 +63,9 @@ pub enum Action {
     /// Drop the current connection, if any, and make a new one (hello and welcome included);
     /// answer with [`Input::Connected`] or [`Input::Failed`].
     Connect,
-    /// Start running this batch; answer with [`Input::BatchFinished`].
-    StartBatch(Vec<AssignedTask>),
+    /// Start running this batch, compiling first if the coordinator said so
+    /// ([`Assignment::compile_first`]); answer with [`Input::BatchFinished`].
+    StartBatch(Vec<AssignedTask>, bool),
     /// Stop the running batch promptly (it still answers with [`Input::BatchFinished`]).
     AbortBatch,
     /// Tell the caller.
@@ -394,6 +395,7 @@ impl Machine {
         Assignment {
             tasks: ids,
             progress,
+            compile_first,
         }: Assignment,
     ) {
         let tasks: Result<Vec<AssignedTask>, ClientError> = ids
@@ -414,7 +416,8 @@ impl Machine {
                 self.streamed.clear();
                 self.aborted.clear();
                 self.emit(Event::Assigned(tasks.clone(), progress));
-                self.actions.push_back(Action::StartBatch(tasks));
+                self.actions
+                    .push_back(Action::StartBatch(tasks, compile_first));
             }
             Err(e) => self.fail(e),
         }

@@ -44,6 +44,11 @@ impl Session {
         }
         while let Some(&idx) = self.waiting.front() {
             let request = self.members[&idx].waiting.expect("a waiter has a request");
+            // Compiling first costs an invocation more: worth it only for a build that is
+            // expected to take longer than one.
+            let pending_ms = self
+                .pending_prerequisite_ms(idx, now)
+                .filter(|&ms| ms > request.overhead_ms);
             let batch = if self.queue.is_empty() {
                 match self.backup_candidate(idx, request.overhead_ms, now) {
                     Some(tasks) => {
@@ -80,6 +85,12 @@ impl Session {
                         request.overhead_ms,
                         self.batch_bound_ms(),
                     )
+                };
+                let target = match pending_ms {
+                    Some(pending) => {
+                        scheduler::compile_first_target_ms(target, pending, self.fair_share_ms(idx))
+                    }
+                    None => target,
                 };
                 // Near this job: the groups it has, and the group of the task it starts with.
                 let groups = &self.members[&idx].groups;
@@ -125,10 +136,36 @@ impl Session {
                 ServerMessage::Assignment(Assignment {
                     tasks: batch,
                     progress,
+                    compile_first: pending_ms.is_some(),
                 }),
             ));
         }
         actions
+    }
+
+    /// Whether a prerequisite ([`schemas::Task::prerequisite`]) is being built by another
+    /// member now, and if so how long the longest of them is still expected to take: member
+    /// `idx` is then to compile first (see [`schemas::Assignment::compile_first`]).
+    fn pending_prerequisite_ms(&self, idx: MemberIdx, now: Instant) -> Option<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(task, _)| self.schema.tasks[*task].prerequisite)
+            .filter_map(|(task, slot)| match slot {
+                Slot::Leased { holder, since, .. } if *holder != idx => {
+                    let elapsed = now.saturating_duration_since(*since).as_millis() as u64;
+                    Some(self.expected(task).saturating_sub(elapsed))
+                }
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Member `idx`'s share of the queued work: its slots' part of the connected jobs' slots.
+    fn fair_share_ms(&self, idx: MemberIdx) -> u64 {
+        let parallelism = u64::from(self.members[&idx].parallelism.max(1));
+        let slots = self.connected_parallelism.max(parallelism);
+        (u128::from(self.queued_work_ms()) * u128::from(parallelism) / u128::from(slots)) as u64
     }
 
     /// Leases `task`, which has left the queue, to member `idx`.

@@ -234,7 +234,8 @@ impl Session {
         let weights: Vec<u32> = schema.tasks.iter().map(|t| t.weight_or_one()).collect();
         let (estimates, known_count, initial_stand_in) =
             scheduler::fill_estimates(known, &weights, DEFAULT_ESTIMATE_MS);
-        let queue = scheduler::initial_queue(&estimates, scheduling.order);
+        let prerequisites: Vec<bool> = schema.tasks.iter().map(|t| t.prerequisite).collect();
+        let queue = scheduler::initial_queue(&estimates, &prerequisites, scheduling.order);
         let heaviest_unknown = known
             .iter()
             .zip(&weights)

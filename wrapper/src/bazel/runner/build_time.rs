@@ -31,6 +31,8 @@ pub(super) struct BuildTime {
     own: HashMap<String, u64>,
     /// When the last command seen finished (milliseconds since the epoch).
     last_finish_ms: Option<u64>,
+    /// The batch's invocations: one, two after a compile-first pass, each with its fixed cost.
+    invocations: u64,
 }
 
 impl BuildTime {
@@ -42,6 +44,7 @@ impl BuildTime {
             by_action: false,
             own: HashMap::new(),
             last_finish_ms: None,
+            invocations: 1,
         }
     }
 
@@ -78,6 +81,15 @@ impl BuildTime {
         self.last_finish_ms = Some(last);
     }
 
+    /// A further invocation for the batch started at `start_ms` (milliseconds since the
+    /// epoch), after one that compiled first: its fixed cost is nobody's building either.
+    pub(super) fn invocation_started(&mut self, start_ms: u64) {
+        let fixed_until = start_ms + self.overhead_ms;
+        self.last_finish_ms = Some(self.last_finish_ms.unwrap_or(0).max(fixed_until));
+        self.mark_ms += self.overhead_ms;
+        self.invocations += 1;
+    }
+
     /// What each of `labels`, which just reached their verdicts with the batch idle for
     /// `idle_ms` so far, cost to build: its own actions' time; without action events, an equal
     /// share of the idle time nobody has been given yet beyond the fixed cost.
@@ -106,9 +118,9 @@ impl BuildTime {
     }
 
     /// The invocation's fixed cost this batch measured once it ended idle for `idle_ms`: what
-    /// was not building.
+    /// was not building, over the batch's invocations.
     pub(super) fn fixed_ms(&self, idle_ms: u64) -> u64 {
-        idle_ms.saturating_sub(self.building_ms)
+        idle_ms.saturating_sub(self.building_ms) / self.invocations
     }
 
     /// The job's estimate of an invocation's fixed cost after this batch, which ended idle for
@@ -125,8 +137,8 @@ impl BuildTime {
     /// invocation.
     pub(super) fn next_overhead_ms(&self, idle_ms: u64, first: bool) -> u64 {
         match (self.building_ms == 0, first) {
-            (true, true) => idle_ms,
-            (true, false) => idle_ms.min(self.overhead_ms),
+            (true, true) => idle_ms / self.invocations,
+            (true, false) => (idle_ms / self.invocations).min(self.overhead_ms),
             // The assumed cost and what came after the last action.
             (false, true) => self.fixed_ms(idle_ms).max(self.overhead_ms),
             (false, false) => self.overhead_ms,
@@ -156,6 +168,22 @@ mod tests {
         assert_eq!(early.share(2_000, 2), 0);
         assert_eq!(early.fixed_ms(2_000), 2_000);
         assert_eq!(early.share(2_000, 0), 0);
+    }
+
+    /// Issue 11: after a compile-first pass the batch's own invocation has its fixed cost too:
+    /// not the first action's building, and the fixed cost measured is per invocation.
+    #[test]
+    fn a_second_invocation_adds_a_fixed_cost_not_building() {
+        let mut build = BuildTime::new(1_000);
+        // The pass starts at 10 s: its fixed cost to 11 s, then compiling until 14 s.
+        build.commands_finished(10_000, &[("//a:t".into(), Some(14_000), false)]);
+        // The batch starts at 14.5 s: its fixed cost to 15.5 s, then linking until 16 s.
+        build.invocation_started(14_500);
+        build.commands_finished(10_000, &[("//a:t".into(), Some(16_000), false)]);
+        assert_eq!(build.verdicts(6_000, &["//a:t"]), [3_500]);
+        // 6 s idle, 3.5 s of it building: 1.25 s for each of the two invocations.
+        assert_eq!(build.fixed_ms(6_000), 1_250);
+        assert_eq!(build.next_overhead_ms(6_000, true), 1_250);
     }
 
     /// Regression (the compiled benchmark: 48–56 invocations for 67 targets on one job): a

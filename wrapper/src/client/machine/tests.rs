@@ -46,6 +46,7 @@ fn assignment(tasks: &[TaskId]) -> ServerMessage {
             total: 3,
             clients: 1,
         },
+        compile_first: false,
     })
 }
 
@@ -526,7 +527,7 @@ fn a_connection_lost_while_reporting_asks_for_work_once() {
     assert!(test.receive(ServerMessage::Abort(vec![0])).is_empty());
     assert!(test.wait(Duration::from_secs(5)).is_empty());
     let running = test.receive(assignment(&[1]));
-    assert!(matches!(running[..], [Action::StartBatch(_)]));
+    assert!(matches!(running[..], [Action::StartBatch(..)]));
 }
 
 /// Regression (issue 10): jobs of one run that split into sessions were not told. The join
