@@ -194,9 +194,10 @@ struct JobStats {
     actions: u64,
     busy: Duration,
     invocations: usize,
-    /// Per invocation: when it started (ms after the run's first), its wall time, how many
-    /// targets it completed, its tests' attempt time, actions executed (see [`TIMELINE_VAR`]).
-    timeline: Vec<(u64, u64, usize, u64, u64)>,
+    /// Per invocation: whether it is a compile-first pass, when it started (ms after the run's
+    /// first), its wall time, how many targets it completed, its tests' attempt time, actions
+    /// executed (see [`TIMELINE_VAR`]).
+    timeline: Vec<(bool, u64, u64, usize, u64, u64)>,
 }
 
 impl RunStats {
@@ -333,6 +334,7 @@ fn run(
             .enumerate()
             .map(|(k, b)| {
                 (
+                    b.compile,
                     b.start_ms - first_start,
                     b.wall_ms().unwrap_or(0),
                     b.targets.len(),
@@ -593,7 +595,7 @@ fn print_jobs(runs: &[(usize, &RunStats)]) {
     println!();
     println!(
         "per invocation: start (s after the run's first) +wall, targets completed, \
-         test attempts (s), actions executed"
+         test attempts (s), actions executed; `compile` marks a batch's compile-first pass"
     );
     for (n, run) in runs {
         println!("  N={n} {}", run.name);
@@ -601,9 +603,10 @@ fn print_jobs(runs: &[(usize, &RunStats)]) {
             let cells: Vec<String> = job
                 .timeline
                 .iter()
-                .map(|&(start, wall, targets, tests, actions)| {
+                .map(|&(compile, start, wall, targets, tests, actions)| {
                     format!(
-                        "{:.1}+{:.1} {targets}t {:.1}s {actions}a",
+                        "{}{:.1}+{:.1} {targets}t {:.1}s {actions}a",
+                        if compile { "compile " } else { "" },
                         start as f64 / 1e3,
                         wall as f64 / 1e3,
                         tests as f64 / 1e3

@@ -49,6 +49,8 @@ pub struct Batch {
     pub attempts: Vec<(String, u64, bool)>,
     /// The targets it completed (`targetCompleted`), tests and built-only ones alike.
     pub targets: Vec<String>,
+    /// A compile-first pass before batch `number` (`batch-N-compile.json`), not the batch.
+    pub compile: bool,
 }
 
 impl Batch {
@@ -87,6 +89,7 @@ pub fn parse_batch(job: &str, number: u32, text: &str) -> Result<Batch> {
         exit: None,
         attempts: Vec::new(),
         targets: Vec::new(),
+        compile: false,
     };
     for line in text.lines() {
         let event: serde_json::Value = serde_json::from_str(line)
@@ -121,7 +124,8 @@ pub fn parse_batch(job: &str, number: u32, text: &str) -> Result<Batch> {
     Ok(batch)
 }
 
-/// Every batch file under `dir` (`job-*/batch-N.json`), named by the checkout that ran it
+/// Every batch file under `dir` (`job-*/batch-N.json`, and `batch-N-compile.json` for a
+/// batch's compile-first pass, which comes before it), named by the checkout that ran it
 /// (`started.workspaceDirectory`, as `job-K`).
 pub fn read_batches<'a>(
     dir: &Path,
@@ -133,12 +137,18 @@ pub fn read_batches<'a>(
         let job_dir = job_dir?.path();
         for file in std::fs::read_dir(&job_dir)? {
             let file = file?.path();
-            let Some(number) = file
+            let Some(stem) = file
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .and_then(|s| s.strip_prefix("batch-"))
-                .and_then(|n| n.parse::<u32>().ok())
             else {
+                continue;
+            };
+            let (stem, compile) = match stem.strip_suffix("-compile") {
+                Some(number) => (number, true),
+                None => (stem, false),
+            };
+            let Ok(number) = stem.parse::<u32>() else {
                 continue;
             };
             let text = std::fs::read_to_string(&file)?;
@@ -155,10 +165,13 @@ pub fn read_batches<'a>(
                     || job_dir.file_name().unwrap().to_string_lossy().into_owned(),
                     |i| format!("job-{}", i + 1),
                 );
-            batches.push(parse_batch(&job, number, &text)?);
+            batches.push(Batch {
+                compile,
+                ..parse_batch(&job, number, &text)?
+            });
         }
     }
-    batches.sort_by_key(|b| (b.job.clone(), b.number));
+    batches.sort_by_key(|b| (b.job.clone(), b.number, !b.compile));
     Ok(batches)
 }
 

@@ -120,8 +120,9 @@ impl BazelRunner {
     }
 
     /// Compiles the batch's compiled targets first (see [`BazelRunner::compile_first_line`])
-    /// and gives what each compile took to `stream`. Its output is not shown: the batch after
-    /// it builds the same targets and reports what went wrong, once. `false` if aborted.
+    /// and gives what each compile took to `stream`. Of its output only Bazel's summary of the
+    /// actions it ran (`INFO: N processes: ...`) is shown: the batch after it builds the same
+    /// targets and reports what went wrong, once. `false` if aborted.
     async fn compile_first(
         &self,
         tasks: &[AssignedTask],
@@ -150,17 +151,21 @@ impl BazelRunner {
             .env(WRAPPED_MARKER, "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let Ok(mut child) = command.spawn() else {
             return true;
         };
+        let summary = tokio::spawn(processes_lines(child.stderr.take()));
         tokio::select! {
             _ = child.wait() => {}
             () = batch.abort.cancelled() => {
                 terminate(&mut child, Signal::SIGINT, INTERRUPT_GRACE).await;
                 return false;
             }
+        }
+        for line in summary.await.unwrap_or_default() {
+            eprintln!("{line}");
         }
         let mut events =
             BatchEvents::parse(&std::fs::read_to_string(&events_file).unwrap_or_default());
@@ -179,6 +184,22 @@ impl BazelRunner {
     }
 }
 
+/// Reads `stderr` to its end and keeps Bazel's summaries of the actions it ran (`INFO: 24
+/// processes: 3 remote cache hit, 21 linux-sandbox.`).
+async fn processes_lines(stderr: Option<tokio::process::ChildStderr>) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let Some(stderr) = stderr else {
+        return Vec::new();
+    };
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut kept = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains(" processes: ") {
+            kept.push(line);
+        }
+    }
+    kept
+}
 impl BazelRunner {
     /// What of a batch's events goes to the user's own event file: all of them if they asked
     /// for every action (`--build_event_publish_all_actions`), else without the successful
