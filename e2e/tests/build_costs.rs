@@ -17,6 +17,41 @@ use tokio_util::sync::CancellationToken;
 use wrapper::bazel::runner::{BazelRunner, INITIAL_OVERHEAD};
 use wrapper::{AssignedTask, Batch, TaskRunner};
 
+/// A `bazel test` runner of `checkout` on one core, as the compiled benchmark's jobs run,
+/// writing its event files into `events`.
+fn one_core_runner(checkout: &Checkout, events: &std::path::Path) -> BazelRunner {
+    BazelRunner {
+        bazel: BAZEL_REAL.into(),
+        startup: vec![checkout.startup_option()],
+        command: "test".into(),
+        options: vec![
+            "--local_cpu_resources=1".into(),
+            "--local_test_jobs=1".into(),
+        ],
+        negatives: Vec::new(),
+        builds: BTreeSet::new(),
+        user_events: None,
+        events_dir: events.into(),
+        batches: 0,
+        overhead: INITIAL_OVERHEAD,
+        measured: false,
+        parallelism: 1,
+        compiled: BTreeSet::new(),
+    }
+}
+
+/// `labels` as a batch's tasks, numbered in order.
+fn assigned(labels: &[&str]) -> Vec<AssignedTask> {
+    labels
+        .iter()
+        .zip(0..)
+        .map(|(text, id)| AssignedTask {
+            id,
+            text: text.to_string(),
+        })
+        .collect()
+}
+
 /// Regression (the compiled benchmark: in a warm run the test with the longest compile was
 /// handed out last and kept one job busy 8 s after the others had finished): each target
 /// reaching its verdict was given the building done since the previous verdict, but Bazel
@@ -46,33 +81,12 @@ fn regression_a_targets_build_cost_is_its_own_compiling() {
     // A batch runs where the wrapper does: in the workspace (the only test of this binary).
     std::env::set_current_dir(&checkout.workspace).unwrap();
     let mut runner = BazelRunner {
-        bazel: BAZEL_REAL.into(),
-        startup: vec![checkout.startup_option()],
-        command: "test".into(),
-        options: vec![
-            "--local_cpu_resources=1".into(),
-            "--local_test_jobs=1".into(),
-        ],
-        negatives: Vec::new(),
         builds: BTreeSet::from(["//core:core".to_string()]),
-        user_events: None,
-        events_dir: events.path().into(),
-        batches: 0,
-        overhead: INITIAL_OVERHEAD,
-        measured: false,
-        parallelism: 1,
-        compiled: BTreeSet::new(),
+        ..one_core_runner(&checkout, events.path())
     };
     // The light test first: its verdict comes first, after `//core` and (Bazel's order)
     // perhaps the heavy test's compile.
-    let tasks: Vec<AssignedTask> = [&light.label, &heavy.label, "//core:core"]
-        .iter()
-        .zip(0..)
-        .map(|(text, id)| AssignedTask {
-            id,
-            text: text.to_string(),
-        })
-        .collect();
+    let tasks = assigned(&[&light.label, &heavy.label, "//core:core"]);
     let (sender, mut streamed) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reports = runtime.block_on(async {
@@ -137,34 +151,13 @@ fn a_batch_told_to_compile_first_compiles_its_own_sources_then_runs() {
     let checkout = Checkout::of("compile-first", source.path()).unwrap();
     let events = tempfile::tempdir().unwrap();
     let mut runner = BazelRunner {
-        bazel: BAZEL_REAL.into(),
-        startup: vec![checkout.startup_option()],
-        command: "test".into(),
-        options: vec![
-            "--local_cpu_resources=1".into(),
-            "--local_test_jobs=1".into(),
-        ],
-        negatives: Vec::new(),
-        builds: BTreeSet::new(),
-        user_events: None,
-        events_dir: events.path().into(),
-        batches: 0,
-        overhead: INITIAL_OVERHEAD,
-        measured: false,
-        parallelism: 1,
         compiled: [&heavy.label, &light.label, "//core:core"]
             .iter()
             .map(|l| l.to_string())
             .collect(),
+        ..one_core_runner(&checkout, events.path())
     };
-    let tasks: Vec<AssignedTask> = [&heavy.label, &light.label]
-        .iter()
-        .zip(0..)
-        .map(|(text, id)| AssignedTask {
-            id,
-            text: text.to_string(),
-        })
-        .collect();
+    let tasks = assigned(&[&heavy.label, &light.label]);
     // As a job that has run a batch before: its Bazel server up and the invocation's fixed cost
     // measured. Against a fresh server with the initial estimate, whichever source Bazel
     // compiled first was given the server's start-up as building (a flaky ranking).

@@ -169,19 +169,25 @@ impl BazelRunner {
         }
         let mut events =
             BatchEvents::parse(&std::fs::read_to_string(&events_file).unwrap_or_default());
-        let commands: Vec<(String, Option<u64>, bool)> = events
-            .take_commands()
-            .into_iter()
-            .map(|c| {
-                let finished = c.output.as_deref().and_then(written_ms);
-                (c.label, finished, c.test)
-            })
-            .collect();
+        let commands = finished_commands(&mut events);
         stream.build.commands_finished(stream.start_ms, &commands);
         let now = epoch_ms(std::time::SystemTime::now()).unwrap_or(0);
         stream.build.invocation_started(now);
         true
     }
+}
+
+/// The commands `events` report completed since the last call, as [`BuildTime`] takes them:
+/// each one's target, when its output was written, whether it was a test.
+fn finished_commands(events: &mut BatchEvents) -> Vec<(String, Option<u64>, bool)> {
+    events
+        .take_commands()
+        .into_iter()
+        .map(|c| {
+            let finished = c.output.as_deref().and_then(written_ms);
+            (c.label, finished, c.test)
+        })
+        .collect()
 }
 
 /// Reads `stderr` to its end and keeps Bazel's summaries of the actions it ran (`INFO: 24
@@ -392,15 +398,7 @@ impl Stream {
         for line in &lines {
             self.events.add_line(line);
         }
-        let commands: Vec<(String, Option<u64>, bool)> = self
-            .events
-            .take_commands()
-            .into_iter()
-            .map(|c| {
-                let finished = c.output.as_deref().and_then(written_ms);
-                (c.label, finished, c.test)
-            })
-            .collect();
+        let commands = finished_commands(&mut self.events);
         self.build.commands_finished(self.start_ms, &commands);
         let mut settled: Vec<TaskReport> = tasks
             .iter()
